@@ -1,0 +1,1 @@
+"""Adapters: everything that speaks to the outside (PostgreSQL, NATS, Shopify, POS, ERP)."""

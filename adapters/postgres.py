@@ -1,0 +1,114 @@
+"""PostgreSQL infrastructure for the ledger.
+
+eventsourcing's PostgreSQL recorder, extended so that a batch of events and the idempotency keys
+of the commands that produced them are inserted in one transaction, under the same table lock the
+library takes (so readers of the notification log never skip an event). Chosen with
+``PERSISTENCE_MODULE=adapters.postgres:LedgerPostgresFactory``; the schema comes from
+``migrations/`` (``stockledger migrate``), never from create-table at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.sql import SQL, Identifier
+
+from domain.ports import IdempotencyClaim, IdempotencyRecord
+
+PERSISTENCE_MODULE = "adapters.postgres:LedgerPostgresFactory"
+
+
+class LedgerPostgresRecorder(PostgresApplicationRecorder):
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "ledger_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        table = Identifier(self.datastore.schema, self.events_table_name)
+        keys = Identifier(self.datastore.schema, "idempotency_keys")
+        self._insert_batch = SQL(
+            "INSERT INTO {} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "RETURNING notification_id"
+        ).format(table)
+        self._insert_keys = SQL(
+            "INSERT INTO {} (key, fingerprint, response, position) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
+        ).format(keys)
+        self._select_keys = SQL(
+            "SELECT key, fingerprint, response, position FROM {} WHERE key = ANY(%s)"
+        ).format(keys)
+
+    def insert_events_with_keys(
+        self, stored_events: Sequence[StoredEvent], claims: Sequence[IdempotencyClaim]
+    ) -> Sequence[int]:
+        positions: list[int] = []
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            if stored_events:
+                self._lock_table(curs)
+                self._notify_channel(curs)
+                curs.execute(
+                    self._insert_batch,
+                    (
+                        [event.originator_id for event in stored_events],
+                        [event.originator_version for event in stored_events],
+                        [event.topic for event in stored_events],
+                        [event.state for event in stored_events],
+                    ),
+                )
+                positions = [row["notification_id"] for row in curs.fetchall()]
+            if claims:
+                curs.execute(
+                    self._insert_keys,
+                    (
+                        [claim.key for claim in claims],
+                        [claim.fingerprint for claim in claims],
+                        [claim.response for claim in claims],
+                        [
+                            positions[claim.last_event_index]
+                            if claim.last_event_index is not None
+                            else None
+                            for claim in claims
+                        ],
+                    ),
+                )
+        return positions
+
+    def select_idempotency_records(self, keys: Sequence[str]) -> Mapping[str, IdempotencyRecord]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_keys, (list(keys),))
+            return {
+                row["key"]: IdempotencyRecord(
+                    row["key"], row["fingerprint"], row["response"], row["position"]
+                )
+                for row in curs.fetchall()
+            }
+
+
+class LedgerPostgresFactory(PostgresFactory):
+    application_recorder_class = LedgerPostgresRecorder
+
+
+def ledger_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """The eventsourcing environment for a ledger on the database at ``database_url``."""
+    params: dict[str, Any] = conninfo_to_dict(database_url)
+    env = {
+        "PERSISTENCE_MODULE": PERSISTENCE_MODULE,
+        "POSTGRES_DBNAME": str(params.get("dbname") or "postgres"),
+        "POSTGRES_HOST": str(params.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(params.get("port") or "5432"),
+        "POSTGRES_USER": str(params.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(params.get("password") or ""),
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_MAX_OVERFLOW": "12",
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+        # The schema is created by migrations, never at start-up.
+        "CREATE_TABLE": "n",
+    }
+    env.update(overrides)
+    return env

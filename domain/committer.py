@@ -1,0 +1,374 @@
+"""Group commit: concurrent commands share one database transaction.
+
+The event store serialises writers with a table lock, so one transaction per command caps the
+ledger at the rate of that lock. Here one writer thread takes every command that is waiting,
+runs them one after another against aggregates kept in memory, and records all their events and
+idempotency keys in one transaction. Each command sees the effects of the commands before it in
+the batch, and its changes are made on copies, so a refused command leaves nothing behind.
+
+Another process may write the same aggregates. The store's unique (aggregate, version) key turns
+that into a conflict on insert, and the batch is then replayed against fresh state. A refusal is
+only given after checking that the state it was decided on was not stale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from copy import deepcopy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Repository
+from eventsourcing.domain import Snapshot
+from eventsourcing.persistence import EventStore, IntegrityError, Mapper, PersistenceError
+
+from domain.base import CommandMetadata, LedgerAggregate, collecting_events, recording_metadata
+from domain.errors import (
+    DomainError,
+    IdempotencyKeyReused,
+    LedgerUnavailable,
+    ValidationFailed,
+)
+from domain.ports import IdempotencyClaim, LedgerRecorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The answer to a write: its body, and the global position of its last event."""
+
+    body: dict[str, Any]
+    position: int | None
+    replayed: bool = False
+
+
+@dataclass
+class Command:
+    operation: str
+    fingerprint: str
+    key: str | None
+    run: Callable[[Scope], dict[str, Any]]
+    metadata: CommandMetadata
+    future: Future[WriteResult] = field(default_factory=Future)
+
+
+class _StaleRead(Exception):
+    def __init__(self, ids: list[UUID]) -> None:
+        super().__init__(f"{len(ids)} aggregates changed elsewhere")
+        self.ids = ids
+
+
+_MISSING = object()
+
+
+class Scope:
+    """What one command sees: the batch's state so far, copied on first write."""
+
+    def __init__(self, batch: _BatchState, now: datetime) -> None:
+        self._batch = batch
+        self.now = now
+        self.touched: dict[UUID, LedgerAggregate] = {}
+        self.read_ids: set[UUID] = set()
+
+    def get(self, aggregate_id: UUID) -> Any:
+        """The aggregate to change (a copy), or None when there is none."""
+        if aggregate_id in self.touched:
+            return self.touched[aggregate_id]
+        current = self.peek(aggregate_id)
+        if current is None:
+            return None
+        copy = deepcopy(current)
+        self.touched[aggregate_id] = copy
+        return copy
+
+    def peek(self, aggregate_id: UUID) -> Any:
+        """The aggregate to read only, or None when there is none."""
+        if aggregate_id in self.touched:
+            return self.touched[aggregate_id]
+        self.read_ids.add(aggregate_id)
+        return self._batch.load(aggregate_id)
+
+    def add(self, aggregate: LedgerAggregate) -> None:
+        self.touched[aggregate.id] = aggregate
+
+
+class _BatchState:
+    def __init__(self, committer: GroupCommitter) -> None:
+        self._committer = committer
+        self.working: dict[UUID, LedgerAggregate] = {}
+        self.base_versions: dict[UUID, int] = {}
+        self.from_cache: dict[UUID, int] = {}
+
+    def load(self, aggregate_id: UUID) -> LedgerAggregate | None:
+        if aggregate_id in self.working:
+            return self.working[aggregate_id]
+        aggregate, cached = self._committer.lookup(aggregate_id)
+        version = aggregate.version if aggregate is not None else 0
+        self.base_versions.setdefault(aggregate_id, version)
+        if cached:
+            self.from_cache.setdefault(aggregate_id, version)
+        return aggregate
+
+    def absorb(self, scope: Scope) -> None:
+        for aggregate_id, aggregate in scope.touched.items():
+            self.base_versions.setdefault(aggregate_id, 0)
+            self.working[aggregate_id] = aggregate
+
+
+@dataclass(frozen=True)
+class _Success:
+    body: dict[str, Any]
+    last_event_index: int | None
+    replayed_position: int | None = None
+    replayed: bool = False
+
+
+class GroupCommitter:
+    """Runs commands in batches on one writer thread; one transaction per batch."""
+
+    def __init__(
+        self,
+        *,
+        recorder: LedgerRecorder,
+        mapper: Mapper[UUID],
+        repository: Repository[UUID],
+        snapshots: EventStore[UUID] | None,
+        snapshot_interval: int,
+        cache_size: int,
+        max_batch: int = 400,
+        max_attempts: int = 6,
+    ) -> None:
+        self._recorder = recorder
+        self._mapper = mapper
+        self._repository = repository
+        self._snapshots = snapshots
+        self._snapshot_interval = snapshot_interval
+        self._cache: OrderedDict[UUID, LedgerAggregate | None] = OrderedDict()
+        self._cache_size = cache_size
+        self._max_batch = max_batch
+        self._max_attempts = max_attempts
+        self._queue: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._last_touched: list[UUID] = []
+        self.stats = {"batches": 0, "commands": 0, "conflicts": 0, "stale_refusals": 0}
+
+    # --- public -------------------------------------------------------------------------------
+    def submit(self, command: Command) -> Future[WriteResult]:
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._thread.start()
+                    self._started = True
+        self._queue.put(command)
+        return command.future
+
+    def close(self) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+
+    def forget(self, aggregate_ids: Iterable[UUID]) -> None:
+        """Drops cached aggregates (tests and tools that write behind the service's back)."""
+        for aggregate_id in aggregate_ids:
+            self._cache.pop(aggregate_id, None)
+
+    # --- cache ------------------------------------------------------------------------------
+    def lookup(self, aggregate_id: UUID) -> tuple[LedgerAggregate | None, bool]:
+        cached = self._cache.get(aggregate_id, _MISSING)
+        if cached is not _MISSING:
+            self._cache.move_to_end(aggregate_id)
+            return cached, True  # type: ignore[return-value]
+        try:
+            aggregate: LedgerAggregate | None = self._repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            aggregate = None
+        self._remember(aggregate_id, aggregate)
+        return aggregate, False
+
+    def _remember(self, aggregate_id: UUID, aggregate: LedgerAggregate | None) -> None:
+        self._cache[aggregate_id] = aggregate
+        self._cache.move_to_end(aggregate_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    # --- the writer thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._process(batch)
+                    return
+                batch.append(nxt)
+            self._process(batch)
+
+    def _process(self, batch: list[Command]) -> None:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                self._attempt(batch, verify_refusals=attempt < self._max_attempts)
+                return
+            except _StaleRead as stale:
+                self.stats["stale_refusals"] += 1
+                self.forget(stale.ids)
+            except IntegrityError:
+                self.stats["conflicts"] += 1
+                if len(batch) > 1:
+                    # Someone else wrote one of these aggregates: find out which command it was.
+                    for command in batch:
+                        self._process([command])
+                    return
+                self.forget(self._last_touched)
+            except PersistenceError as error:
+                self._fail(batch, LedgerUnavailable(f"the event store is unavailable: {error}"))
+                return
+            except Exception as error:  # a defect: fail these commands, keep the writer alive
+                log.exception("writer batch failed")
+                self._fail(batch, error)
+                return
+        self._fail(batch, LedgerUnavailable("too many concurrent changes; try again"))
+
+    @staticmethod
+    def _fail(batch: list[Command], error: BaseException) -> None:
+        for command in batch:
+            if not command.future.done():
+                command.future.set_exception(error)
+
+    def _attempt(self, batch: list[Command], *, verify_refusals: bool) -> None:
+        keys = sorted({command.key for command in batch if command.key})
+        records = self._recorder.select_idempotency_records(keys) if keys else {}
+        state = _BatchState(self)
+        now = datetime.now(UTC)
+        outcomes: list[tuple[Command, _Success | BaseException]] = []
+        stored_events = []
+        claims: list[IdempotencyClaim] = []
+        claimed: dict[str, tuple[str, _Success]] = {}
+        self._last_touched = []
+        for command in batch:
+            if command.key:
+                record = records.get(command.key)
+                if record is not None:
+                    outcomes.append((command, self._replay(command, record.fingerprint,
+                                                           json.loads(record.response),
+                                                           record.position)))
+                    continue
+                if command.key in claimed:
+                    fingerprint, first = claimed[command.key]
+                    outcomes.append((command, self._replay_in_batch(command, fingerprint, first)))
+                    continue
+            scope = Scope(state, now)
+            try:
+                with recording_metadata(command.metadata), collecting_events() as events:
+                    body = command.run(scope)
+            except DomainError as error:
+                if verify_refusals and not isinstance(error, ValidationFailed):
+                    stale = self._stale_among(state, scope.read_ids)
+                    if stale:
+                        raise _StaleRead(stale) from error
+                outcomes.append((command, error))
+                continue
+            except Exception as error:
+                log.exception("command %s failed", command.operation)
+                outcomes.append((command, error))
+                continue
+            for aggregate in scope.touched.values():
+                aggregate.collect_events()
+            state.absorb(scope)
+            self._last_touched.extend(scope.touched)
+            stored_events.extend(self._mapper.to_stored_event(event) for event in events)
+            success = _Success(body, len(stored_events) - 1 if events else None)
+            if command.key:
+                claims.append(
+                    IdempotencyClaim(
+                        command.key,
+                        command.fingerprint,
+                        json.dumps(body, separators=(",", ":")),
+                        success.last_event_index,
+                    )
+                )
+                claimed[command.key] = (command.fingerprint, success)
+            outcomes.append((command, success))
+
+        positions: list[int] = []
+        if stored_events or claims:
+            positions = list(self._recorder.insert_events_with_keys(stored_events, claims))
+        for aggregate_id, aggregate in state.working.items():
+            self._remember(aggregate_id, aggregate)
+        self.stats["batches"] += 1
+        self.stats["commands"] += len(batch)
+        for command, outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                command.future.set_exception(outcome)
+                continue
+            if outcome.replayed and outcome.last_event_index is None:
+                position = outcome.replayed_position
+            elif outcome.last_event_index is not None:
+                position = positions[outcome.last_event_index]
+            else:
+                position = None
+            command.future.set_result(WriteResult(outcome.body, position, outcome.replayed))
+        self._take_snapshots(state)
+
+    @staticmethod
+    def _replay(
+        command: Command, fingerprint: str, body: dict[str, Any], position: int | None
+    ) -> _Success | BaseException:
+        if fingerprint != command.fingerprint:
+            return IdempotencyKeyReused(
+                f"idempotency key {command.key!r} was used for a different request"
+            )
+        return _Success(body, None, replayed_position=position, replayed=True)
+
+    @staticmethod
+    def _replay_in_batch(
+        command: Command, fingerprint: str, first: _Success
+    ) -> _Success | BaseException:
+        if fingerprint != command.fingerprint:
+            return IdempotencyKeyReused(
+                f"idempotency key {command.key!r} was used for a different request"
+            )
+        return _Success(first.body, first.last_event_index, replayed=True)
+
+    def _stale_among(self, state: _BatchState, read_ids: set[UUID]) -> list[UUID]:
+        stale = []
+        for aggregate_id in read_ids:
+            version = state.from_cache.get(aggregate_id)
+            if version is None:
+                continue
+            newer = self._repository.event_store.get(aggregate_id, gt=version, limit=1)
+            if list(newer):
+                stale.append(aggregate_id)
+        return stale
+
+    def _take_snapshots(self, state: _BatchState) -> None:
+        if self._snapshots is None or self._snapshot_interval <= 0:
+            return
+        interval = self._snapshot_interval
+        snapshots = [
+            Snapshot.take(aggregate)
+            for aggregate_id, aggregate in state.working.items()
+            if aggregate.version // interval > state.base_versions.get(aggregate_id, 0) // interval
+        ]
+        if snapshots:
+            try:
+                self._snapshots.put(snapshots)
+            except PersistenceError:
+                # Snapshots only speed up loading; the events are already safe.
+                log.warning("could not record %d snapshots", len(snapshots), exc_info=True)

@@ -1,0 +1,46 @@
+"""What the application service needs from its recorder beyond eventsourcing's own interface.
+
+Adapters implement it (``adapters.postgres`` for PostgreSQL, ``adapters.memory`` in memory);
+``PERSISTENCE_MODULE`` chooses which, as eventsourcing does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from eventsourcing.persistence import StoredEvent
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """A key to store with a batch: its request fingerprint, the answer given, and which of the
+    batch's events was the command's last (its position is known only once inserted)."""
+
+    key: str
+    fingerprint: str
+    response: str
+    last_event_index: int | None
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    key: str
+    fingerprint: str
+    response: str
+    position: int | None
+
+
+@runtime_checkable
+class LedgerRecorder(Protocol):
+    def insert_events_with_keys(
+        self, stored_events: Sequence[StoredEvent], claims: Sequence[IdempotencyClaim]
+    ) -> Sequence[int]:
+        """Inserts the events and the keys in one transaction; returns the events' positions."""
+
+    def select_idempotency_records(self, keys: Sequence[str]) -> Mapping[str, IdempotencyRecord]:
+        """Returns the stored records of those keys that exist."""
+
+    def max_notification_id(self) -> int | None:
+        """The global position of the last recorded event."""
