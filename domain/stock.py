@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import CanMutateAggregate
 
 from domain.base import LedgerAggregate
 from domain.errors import InsufficientStock, InvalidTransition
@@ -19,32 +22,37 @@ class StockPosition(LedgerAggregate):
 
     category: ClassVar[str] = "stock"
 
-    class Opened(LedgerAggregate.Created):
+    class Event(LedgerAggregate.Event):
+        """Every stock event names its SKU and location, so a subscriber needs no lookup."""
+
         sku: str
         location: str
 
-    class Received(LedgerAggregate.Event):
+    class Opened(Event, LedgerAggregate.Created):
+        pass
+
+    class Received(Event):
         quantity: int
         reference: str | None
 
         def apply(self, position: StockPosition) -> None:
             position.available += self.quantity
 
-    class Adjusted(LedgerAggregate.Event):
+    class Adjusted(Event):
         delta: int
         reason: str
 
         def apply(self, position: StockPosition) -> None:
             position.available += self.delta
 
-    class Counted(LedgerAggregate.Event):
+    class Counted(Event):
         counted: int
         delta: int
 
         def apply(self, position: StockPosition) -> None:
             position.available += self.delta
 
-    class Reserved(LedgerAggregate.Event):
+    class Reserved(Event):
         order: str
         line: str
         quantity: int
@@ -53,7 +61,7 @@ class StockPosition(LedgerAggregate):
             position.available -= self.quantity
             position.reserved += self.quantity
 
-    class ReservationReleased(LedgerAggregate.Event):
+    class ReservationReleased(Event):
         order: str
         quantity: int
         reason: str
@@ -62,7 +70,7 @@ class StockPosition(LedgerAggregate):
             position.reserved -= self.quantity
             position.available += self.quantity
 
-    class Committed(LedgerAggregate.Event):
+    class Committed(Event):
         order: str
         quantity: int
 
@@ -70,7 +78,7 @@ class StockPosition(LedgerAggregate):
             position.reserved -= self.quantity
             position.committed += self.quantity
 
-    class CommitmentReleased(LedgerAggregate.Event):
+    class CommitmentReleased(Event):
         """Paid units given back (a paid order cancelled before shipping)."""
 
         order: str
@@ -81,7 +89,7 @@ class StockPosition(LedgerAggregate):
             position.committed -= self.quantity
             position.available += self.quantity
 
-    class Shipped(LedgerAggregate.Event):
+    class Shipped(Event):
         """Units left the building. ``from_available`` counts units that were not committed
         to the order here (shipped from another location than the one reserved)."""
 
@@ -94,7 +102,7 @@ class StockPosition(LedgerAggregate):
             position.committed -= self.quantity - self.from_available
             position.available -= self.from_available
 
-    class Sold(LedgerAggregate.Event):
+    class Sold(Event):
         transaction: str
         quantity: int
         occurred_at: str | None
@@ -102,7 +110,7 @@ class StockPosition(LedgerAggregate):
         def apply(self, position: StockPosition) -> None:
             position.available -= self.quantity
 
-    class ReturnReceived(LedgerAggregate.Event):
+    class ReturnReceived(Event):
         order: str | None
         transaction: str | None
         return_id: str
@@ -112,21 +120,21 @@ class StockPosition(LedgerAggregate):
         def apply(self, position: StockPosition) -> None:
             position.returned += self.quantity
 
-    class ReturnRestocked(LedgerAggregate.Event):
+    class ReturnRestocked(Event):
         quantity: int
 
         def apply(self, position: StockPosition) -> None:
             position.returned -= self.quantity
             position.available += self.quantity
 
-    class ReturnScrapped(LedgerAggregate.Event):
+    class ReturnScrapped(Event):
         quantity: int
 
         def apply(self, position: StockPosition) -> None:
             position.returned -= self.quantity
             position.damaged += self.quantity
 
-    class MarkedDamaged(LedgerAggregate.Event):
+    class MarkedDamaged(Event):
         quantity: int
         reason: str | None
 
@@ -134,14 +142,14 @@ class StockPosition(LedgerAggregate):
             position.available -= self.quantity
             position.damaged += self.quantity
 
-    class DamageWrittenOff(LedgerAggregate.Event):
+    class DamageWrittenOff(Event):
         quantity: int
         reason: str | None
 
         def apply(self, position: StockPosition) -> None:
             position.damaged -= self.quantity
 
-    class TransferDispatched(LedgerAggregate.Event):
+    class TransferDispatched(Event):
         transfer: str
         to_location: str
         quantity: int
@@ -149,7 +157,7 @@ class StockPosition(LedgerAggregate):
         def apply(self, position: StockPosition) -> None:
             position.available -= self.quantity
 
-    class TransferExpected(LedgerAggregate.Event):
+    class TransferExpected(Event):
         transfer: str
         from_location: str
         quantity: int
@@ -157,7 +165,7 @@ class StockPosition(LedgerAggregate):
         def apply(self, position: StockPosition) -> None:
             position.in_transit += self.quantity
 
-    class TransferReceived(LedgerAggregate.Event):
+    class TransferReceived(Event):
         transfer: str
         expected: int
         quantity: int
@@ -167,13 +175,13 @@ class StockPosition(LedgerAggregate):
             position.in_transit -= self.expected
             position.available += self.quantity
 
-    class SafetyStockSet(LedgerAggregate.Event):
+    class SafetyStockSet(Event):
         quantity: int
 
         def apply(self, position: StockPosition) -> None:
             position.safety_stock = self.quantity
 
-    class DiscrepancyRecorded(LedgerAggregate.Event):
+    class DiscrepancyRecorded(Event):
         """A fact took more than the ledger held: the books and the shelf disagree."""
 
         shortfall: int
@@ -182,7 +190,7 @@ class StockPosition(LedgerAggregate):
         def apply(self, position: StockPosition) -> None:
             position.discrepancy = self.shortfall
 
-    class DiscrepancyCleared(LedgerAggregate.Event):
+    class DiscrepancyCleared(Event):
         cause: str
 
         def apply(self, position: StockPosition) -> None:
@@ -199,6 +207,11 @@ class StockPosition(LedgerAggregate):
         self.in_transit = 0
         self.safety_stock = 0
         self.discrepancy = 0
+
+    def trigger_event(
+        self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any
+    ) -> None:
+        super().trigger_event(event_class, sku=self.sku, location=self.location, **kwargs)
 
     # --- derived figures -------------------------------------------------------------------
     @property
