@@ -24,8 +24,9 @@ class CommandMetadata:
     causation_id: str = ""
 
 
+_NO_METADATA = CommandMetadata()
 _current_metadata: ContextVar[CommandMetadata] = ContextVar(
-    "stockledger_command_metadata", default=CommandMetadata()
+    "stockledger_command_metadata", default=_NO_METADATA
 )
 
 

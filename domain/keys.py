@@ -1,4 +1,4 @@
-"""Keys of the domain: SKUs, location codes, channel names, and the aggregate ids derived from them."""
+"""Keys of the domain: SKUs, locations, channels, and the aggregate ids derived from them."""
 
 from __future__ import annotations
 

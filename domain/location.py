@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import CanMutateAggregate
 
 from domain.base import LedgerAggregate
 
@@ -33,15 +36,19 @@ class Location(LedgerAggregate):
 
     category: ClassVar[str] = "location"
 
-    class Registered(LedgerAggregate.Created):
+    class Event(LedgerAggregate.Event):
+        """Every location event names its location code."""
+
         code: str
+
+    class Registered(Event, LedgerAggregate.Created):
         name: str
         kind: str
         channels: list[str]
         priority: int
         external_ids: dict[str, str]
 
-    class Changed(LedgerAggregate.Event):
+    class Changed(Event):
         name: str
         kind: str
         channels: list[str]
@@ -70,6 +77,11 @@ class Location(LedgerAggregate):
         self.channels = list(channels)
         self.priority = priority
         self.external_ids = dict(external_ids)
+
+    def trigger_event(
+        self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any
+    ) -> None:
+        super().trigger_event(event_class, code=self.code, **kwargs)
 
     @property
     def details(self) -> LocationDetails:

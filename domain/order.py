@@ -235,7 +235,9 @@ class Order(LedgerAggregate):
         if all(
             self.shipped_of(line["line_id"]) >= int(line["quantity"]) for line in self.lines
         ):
-            raise InvalidTransition(f"order {self.external_id} is fulfilled and cannot be cancelled")
+            raise InvalidTransition(
+                f"order {self.external_id} is fulfilled and cannot be cancelled"
+            )
         releases = self.holdings()
         self.trigger_event(self.Cancelled, reason=reason, released=_movements(releases))
         return releases

@@ -857,7 +857,7 @@ class Ledger(Application[UUID]):
             raise LedgerUnavailable("the ledger did not record the command in time") from None
 
 
-# --- helpers shared by the use cases ---------------------------------------------------------------
+# --- helpers shared by the use cases --------------------------------------------------------
 def _check_stock_key(sku: str, location: str) -> None:
     check_sku(sku)
     check_location(location)
