@@ -105,10 +105,10 @@ class LocationDirectory(LedgerAggregate):
 
     category: ClassVar[str] = "location"
 
-    class Started(LedgerAggregate.Created):
+    class DirectoryOpened(LedgerAggregate.Created):
         pass
 
-    class Listed(LedgerAggregate.Event):
+    class LocationListed(LedgerAggregate.Event):
         code: str
 
         def apply(self, directory: LocationDirectory) -> None:
@@ -119,7 +119,7 @@ class LocationDirectory(LedgerAggregate):
 
     def add(self, code: str) -> None:
         if code not in self.codes:
-            self.trigger_event(self.Listed, code=code)
+            self.trigger_event(self.LocationListed, code=code)
 
 
 class Transfer(LedgerAggregate):

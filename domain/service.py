@@ -189,7 +189,7 @@ class Ledger(Application[UUID]):
                 scope.add(location)
                 directory = scope.get(DIRECTORY_ID)
                 if directory is None:
-                    directory = LocationDirectory.open(LocationDirectory.Started, DIRECTORY_ID)
+                    directory = LocationDirectory.open(LocationDirectory.DirectoryOpened, DIRECTORY_ID)
                     scope.add(directory)
                 directory.add(code)
             else:

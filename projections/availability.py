@@ -1,0 +1,267 @@
+"""The availability view: every bucket per SKU and location, and available-to-sell per channel.
+
+The handler replays stock events onto plain rows with the domain's own ``apply`` methods, so the
+view can never disagree with the aggregate about what an event means.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from psycopg import AsyncConnection, sql
+
+from domain.location import Location
+from domain.stock import StockPosition
+from projections.base import Cursor, Projection, Recorded, table
+
+BUCKETS = (
+    "available",
+    "reserved",
+    "committed",
+    "damaged",
+    "returned",
+    "in_transit",
+    "safety_stock",
+    "discrepancy",
+)
+STOCK_EVENTS: tuple[type[Any], ...] = tuple(
+    value
+    for value in vars(StockPosition).values()
+    if isinstance(value, type) and issubclass(value, StockPosition.Event)
+    and value is not StockPosition.Event
+)
+LOCATION_EVENTS: tuple[type[Any], ...] = (Location.Registered, Location.Changed)
+
+
+class PositionRow:
+    """A view row that stock events can be applied to, as they are to the aggregate."""
+
+    def __init__(self, sku: str, location: str, **buckets: int) -> None:
+        self.sku = sku
+        self.location = location
+        self.available = 0
+        self.reserved = 0
+        self.committed = 0
+        self.damaged = 0
+        self.returned = 0
+        self.in_transit = 0
+        self.safety_stock = 0
+        self.discrepancy = 0
+        self.version = 0
+        for name, value in buckets.items():
+            setattr(self, name, value)
+
+
+class AvailabilityProjection(Projection):
+    name: ClassVar[str] = "availability"
+    tables: ClassVar[tuple[str, ...]] = ("view_availability", "view_locations")
+    event_classes: ClassVar[tuple[type[Any], ...]] = STOCK_EVENTS + LOCATION_EVENTS
+
+    def process(self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]) -> None:
+        rows = self._load(cursor, batch, tables)
+        changed: dict[Any, int] = {}
+        locations: dict[str, tuple[dict[str, Any], int]] = {}
+        for recorded in batch:
+            event = recorded.event
+            if isinstance(event, StockPosition.Event):
+                key = event.originator_id
+                if isinstance(event, StockPosition.Opened):
+                    rows[key] = PositionRow(event.sku, event.location)
+                row = rows[key]
+                event.apply(row)
+                row.version = event.originator_version
+                changed[key] = recorded.position
+            elif isinstance(event, (Location.Registered, Location.Changed)):
+                locations[event.code] = (
+                    {
+                        "code": event.code,
+                        "name": event.name,
+                        "kind": event.kind,
+                        "channels": list(event.channels),
+                        "priority": event.priority,
+                        "external_ids": dict(event.external_ids),
+                    },
+                    recorded.position,
+                )
+        if changed:
+            self._upsert_positions(cursor, tables, rows, changed)
+        if locations:
+            self._upsert_locations(cursor, tables, locations)
+
+    @staticmethod
+    def _load(
+        cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]
+    ) -> dict[Any, PositionRow]:
+        ids = list(
+            {
+                r.event.originator_id
+                for r in batch
+                if isinstance(r.event, StockPosition.Event)
+                and not isinstance(r.event, StockPosition.Opened)
+            }
+        )
+        if not ids:
+            return {}
+        cursor.execute(
+            sql.SQL("SELECT * FROM {} WHERE position_id = ANY(%s)").format(
+                table(tables, "view_availability")
+            ),
+            (ids,),
+        )
+        return {
+            row["position_id"]: PositionRow(
+                row["sku"],
+                row["location"],
+                version=row["version"],
+                **{bucket: row[bucket] for bucket in BUCKETS},
+            )
+            for row in cursor.fetchall()
+        }
+
+    @staticmethod
+    def _upsert_positions(
+        cursor: Cursor,
+        tables: Mapping[str, str],
+        rows: dict[Any, PositionRow],
+        changed: dict[Any, int],
+    ) -> None:
+        ids = list(changed)
+        columns = ["position_id", "sku", "location", *BUCKETS, "version", "updated_position"]
+        values: list[list[Any]] = [
+            ids,
+            [rows[i].sku for i in ids],
+            [rows[i].location for i in ids],
+            *[[getattr(rows[i], bucket) for i in ids] for bucket in BUCKETS],
+            [rows[i].version for i in ids],
+            [changed[i] for i in ids],
+        ]
+        types = ["uuid", "text", "text", *["bigint"] * len(BUCKETS), "bigint", "bigint"]
+        statement = sql.SQL(
+            "INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT (position_id) DO UPDATE SET {updates}"
+        ).format(
+            table=table(tables, "view_availability"),
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            arrays=sql.SQL(", ").join(sql.SQL(f"%s::{kind}[]") for kind in types),
+            updates=sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(column))
+                for column in columns[3:]
+            ),
+        )
+        cursor.execute(statement, values)
+
+    @staticmethod
+    def _upsert_locations(
+        cursor: Cursor, tables: Mapping[str, str], locations: dict[str, tuple[dict[str, Any], int]]
+    ) -> None:
+        for details, position in locations.values():
+            cursor.execute(
+                sql.SQL(
+                    "INSERT INTO {} (code, name, kind, channels, priority, external_ids, "
+                    "updated_position) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind, "
+                    "channels = EXCLUDED.channels, priority = EXCLUDED.priority, "
+                    "external_ids = EXCLUDED.external_ids, "
+                    "updated_position = EXCLUDED.updated_position"
+                ).format(table(tables, "view_locations")),
+                (
+                    details["code"],
+                    details["name"],
+                    details["kind"],
+                    details["channels"],
+                    details["priority"],
+                    json.dumps(details["external_ids"]),
+                    position,
+                ),
+            )
+
+
+# --- the read model ----------------------------------------------------------------------------
+def _bucket_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    available = int(row["available"])
+    safety = int(row["safety_stock"])
+    on_hand = available + sum(int(row[b]) for b in ("reserved", "committed", "damaged", "returned"))
+    return {
+        "location": row["location"],
+        "on_hand": on_hand,
+        "available": available,
+        "reserved": int(row["reserved"]),
+        "committed": int(row["committed"]),
+        "damaged": int(row["damaged"]),
+        "returned": int(row["returned"]),
+        "in_transit": int(row["in_transit"]),
+        "safety_stock": safety,
+        "available_to_sell": max(0, available - safety),
+        "discrepancy": int(row["discrepancy"]),
+    }
+
+
+async def view_position(connection: AsyncConnection[Any], name: str) -> int:
+    cursor = await connection.execute(
+        "SELECT position FROM projection_positions WHERE name = %s", (name,)
+    )
+    row = await cursor.fetchone()
+    return int(_field(row, "position") or 0)
+
+
+def _field(row: Any, name: str) -> Any:
+    if row is None:
+        return None
+    return row[name] if isinstance(row, Mapping) else row[0]
+
+
+async def sku_availability(connection: AsyncConnection[Any], sku: str) -> dict[str, Any]:
+    """``GET /v1/availability/{sku}``: every location's buckets and each channel's ATS."""
+    cursor = await connection.execute(
+        "SELECT a.*, l.channels FROM view_availability a "
+        "LEFT JOIN view_locations l ON l.code = a.location "
+        "WHERE a.sku = %s ORDER BY a.location",
+        (sku,),
+    )
+    rows = await cursor.fetchall()
+    locations = [_bucket_view(row) for row in rows]
+    channels: dict[str, int] = {}
+    for row, view in zip(rows, locations, strict=True):
+        for channel in row["channels"] or []:
+            channels[channel] = channels.get(channel, 0) + view["available_to_sell"]
+    position = await view_position(connection, AvailabilityProjection.name)
+    return {"sku": sku, "position": position, "locations": locations, "channels": channels}
+
+
+async def channel_availability(
+    connection: AsyncConnection[Any], channel: str, skus: Sequence[str]
+) -> dict[str, Any]:
+    """``GET /v1/availability?channel=&sku=``: ATS for many SKUs at once, in request order."""
+    cursor = await connection.execute(
+        "SELECT a.sku, sum(GREATEST(a.available - a.safety_stock, 0)) AS ats "
+        "FROM view_availability a JOIN view_locations l ON l.code = a.location "
+        "WHERE a.sku = ANY(%s) AND %s = ANY(l.channels) GROUP BY a.sku",
+        (list(skus), channel),
+    )
+    found = {row["sku"]: int(row["ats"]) for row in await cursor.fetchall()}
+    position = await view_position(connection, AvailabilityProjection.name)
+    return {
+        "channel": channel,
+        "position": position,
+        "items": [{"sku": sku, "available_to_sell": found.get(sku, 0)} for sku in skus],
+    }
+
+
+async def list_locations(connection: AsyncConnection[Any]) -> list[dict[str, Any]]:
+    cursor = await connection.execute(
+        "SELECT code, name, kind, channels, priority, external_ids FROM view_locations "
+        "ORDER BY priority, code"
+    )
+    return [
+        {
+            "code": row["code"],
+            "name": row["name"],
+            "kind": row["kind"],
+            "channels": list(row["channels"]),
+            "priority": row["priority"],
+            "external_ids": row["external_ids"],
+        }
+        for row in await cursor.fetchall()
+    ]

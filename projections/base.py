@@ -1,0 +1,322 @@
+"""What every view shares: reading the log in batches, tracking its position, and rebuilding.
+
+A view processes the events after its recorded position in batches; each batch's rows and the
+new position are written in one transaction, so every event counts exactly once across restarts.
+Reading "after the last position" is safe because the event store assigns positions in commit
+order (its table lock); positions may have gaps, and nothing here assumes they do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from uuid import UUID
+
+import psycopg
+from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.utils import get_topic
+from psycopg import sql
+from psycopg.rows import dict_row
+
+log = logging.getLogger(__name__)
+
+Event = CanMutateAggregate[UUID]
+Cursor = psycopg.Cursor[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An event as the log holds it: its global position and the decoded domain event."""
+
+    position: int
+    event: Event
+
+
+class Projection(ABC):
+    """A view: the tables it owns, the events it reads, and how a batch of them changes it."""
+
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]]
+    event_classes: ClassVar[tuple[type[Any], ...]] = ()
+
+    @classmethod
+    def topics(cls) -> list[str]:
+        return [get_topic(event_class) for event_class in cls.event_classes]
+
+    @abstractmethod
+    def process(self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]) -> None:
+        """Applies the batch to the view's tables (physical names in ``tables``)."""
+
+
+def table(tables: Mapping[str, str], logical: str) -> sql.Identifier:
+    return sql.Identifier(tables[logical])
+
+
+class ProjectionProcessor:
+    """Moves one view forward, batch by batch, on its own connection."""
+
+    def __init__(
+        self,
+        connection: psycopg.Connection[dict[str, Any]],
+        mapper: Mapper[UUID],
+        projection: Projection,
+        *,
+        tracking_name: str | None = None,
+        tables: Mapping[str, str] | None = None,
+        batch_size: int = 5000,
+    ) -> None:
+        self.connection = connection
+        self.mapper = mapper
+        self.projection = projection
+        self.tracking_name = tracking_name or projection.name
+        self.tables = dict(tables or {name: name for name in projection.tables})
+        self.batch_size = batch_size
+        self._topics = projection.topics()
+
+    def ensure_tracking(self) -> None:
+        self.connection.execute(
+            "INSERT INTO projection_positions (name, position) VALUES (%s, 0) "
+            "ON CONFLICT (name) DO NOTHING",
+            (self.tracking_name,),
+        )
+
+    def step(self, cursor: Cursor, stop: int | None = None) -> tuple[int, int]:
+        """Processes one batch inside the caller's transaction; returns (events, new position)."""
+        cursor.execute(
+            "SELECT position FROM projection_positions WHERE name = %s FOR UPDATE",
+            (self.tracking_name,),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            raise RuntimeError(f"view {self.tracking_name} has no tracking row")
+        start = int(row["position"])
+        if stop is None:
+            cursor.execute("SELECT max(notification_id) AS head FROM ledger_events")
+            head_row = cursor.fetchone()
+            stop = int(head_row["head"] or 0) if head_row else 0
+        if stop <= start:
+            return 0, start
+        cursor.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM ledger_events WHERE notification_id > %s AND notification_id <= %s "
+            "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s",
+            (start, stop, self._topics, self.batch_size),
+        )
+        rows = cursor.fetchall()
+        batch = [
+            Recorded(
+                row["notification_id"],
+                self.mapper.to_domain_event(  # type: ignore[arg-type]
+                    StoredEvent(
+                        originator_id=row["originator_id"],
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=bytes(row["state"]),
+                    )
+                ),
+            )
+            for row in rows
+        ]
+        if batch:
+            self.projection.process(cursor, batch, self.tables)
+        # A short batch means everything up to ``stop`` has been seen.
+        reached = batch[-1].position if len(batch) == self.batch_size else stop
+        cursor.execute(
+            "UPDATE projection_positions SET position = %s, updated_at = now() WHERE name = %s",
+            (reached, self.tracking_name),
+        )
+        return len(batch), reached
+
+    def run_batch(self, stop: int | None = None) -> tuple[int, int]:
+        with self.connection.transaction(), self.connection.cursor() as cursor:
+            return self.step(cursor, stop)
+
+    def catch_up(
+        self, stop: int | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Processes batches until the head of the log (or ``stop``); returns events processed."""
+        total = 0
+        while True:
+            count, reached = self.run_batch(stop)
+            total += count
+            if progress:
+                progress(count, reached)
+            if count < self.batch_size:
+                return total
+
+
+def advisory_key(name: str) -> int:
+    """A stable 63-bit key for PostgreSQL advisory locks."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
+class ProjectionWorker(threading.Thread):
+    """Keeps one view up to date: the single active worker (an advisory lock), supervised.
+
+    Errors never stop it: it logs, backs off, reconnects and carries on from the recorded position.
+    A standby process waits for the lock and takes over when the active one dies.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        mapper: Mapper[UUID],
+        projection: Projection,
+        *,
+        batch_size: int = 5000,
+        idle_wait: float = 0.5,
+    ) -> None:
+        super().__init__(name=f"projection-{projection.name}", daemon=True)
+        self.database_url = database_url
+        self.mapper = mapper
+        self.projection = projection
+        self.batch_size = batch_size
+        self.idle_wait = idle_wait
+        self.active = False
+        self.last_error: str | None = None
+        self._stopping = threading.Event()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                self._serve()
+                backoff = 0.1
+            except Exception as error:
+                self.active = False
+                self.last_error = str(error).strip().splitlines()[0] if str(error) else repr(error)
+                log.warning("view %s: %s; retrying", self.projection.name, self.last_error)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _serve(self) -> None:
+        with psycopg.connect(
+            self.database_url, autocommit=True, row_factory=dict_row, connect_timeout=5
+        ) as connection:
+            got = connection.execute(
+                "SELECT pg_try_advisory_lock(%s) AS got", (advisory_key(self.projection.name),)
+            ).fetchone()
+            if not got or not got["got"]:
+                self.active = False
+                self._stopping.wait(1.0)
+                return
+            self.active = True
+            self.last_error = None
+            processor = ProjectionProcessor(
+                connection, self.mapper, self.projection, batch_size=self.batch_size
+            )
+            processor.ensure_tracking()
+            connection.execute("LISTEN ledger_events")
+            while not self._stopping.is_set():
+                count, _ = processor.run_batch()
+                if count < self.batch_size:
+                    # Idle: wake on the event store's NOTIFY, or after a short wait regardless.
+                    for _ in connection.notifies(timeout=self.idle_wait, stop_after=1):
+                        pass
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    name: str
+    events: int
+    seconds: float
+    position: int
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def rebuild(
+    database_url: str,
+    mapper: Mapper[UUID],
+    projection: Projection,
+    *,
+    batch_size: int = 5000,
+    progress: Callable[[int, int], None] | None = None,
+) -> RebuildReport:
+    """Builds the view afresh beside the live one, then swaps it in once caught up.
+
+    Reads keep using the live tables throughout; the swap is one short transaction that takes the
+    live view's tracking row first (so the live worker pauses between batches), then its tables.
+    """
+    shadow_name = f"{projection.name}__rebuild"
+    shadow_tables = {name: f"{name}__rebuild" for name in projection.tables}
+    started = time.perf_counter()
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
+        with connection.transaction():
+            for live, shadow in shadow_tables.items():
+                connection.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(shadow))
+                )
+                connection.execute(
+                    sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                        sql.Identifier(shadow), sql.Identifier(live)
+                    )
+                )
+            connection.execute(
+                "INSERT INTO projection_positions (name, position) VALUES (%s, 0) "
+                "ON CONFLICT (name) DO UPDATE SET position = 0",
+                (shadow_name,),
+            )
+            connection.execute(
+                "INSERT INTO projection_positions (name, position) VALUES (%s, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                (projection.name,),
+            )
+        processor = ProjectionProcessor(
+            connection,
+            mapper,
+            projection,
+            tracking_name=shadow_name,
+            tables=shadow_tables,
+            batch_size=batch_size,
+        )
+        events = processor.catch_up(progress=progress)
+        with connection.transaction(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT position FROM projection_positions WHERE name = %s FOR UPDATE",
+                (projection.name,),
+            )
+            for live in projection.tables:
+                cursor.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(live))
+                )
+            while True:
+                count, position = processor.step(cursor)
+                events += count
+                if count < batch_size:
+                    break
+            for live, shadow in shadow_tables.items():
+                retired = sql.Identifier(f"{live}__retired")
+                cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(retired))
+                cursor.execute(
+                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                        sql.Identifier(live), retired
+                    )
+                )
+                cursor.execute(
+                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                        sql.Identifier(shadow), sql.Identifier(live)
+                    )
+                )
+                cursor.execute(sql.SQL("DROP TABLE {}").format(retired))
+            cursor.execute(
+                "UPDATE projection_positions SET position = %s, updated_at = now() "
+                "WHERE name = %s",
+                (position, projection.name),
+            )
+            cursor.execute("DELETE FROM projection_positions WHERE name = %s", (shadow_name,))
+    return RebuildReport(projection.name, events, time.perf_counter() - started, position)
