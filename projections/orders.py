@@ -48,7 +48,7 @@ class OrdersProjection(Projection):
             changed[event.originator_id] = recorded.position
         for order_id, position in changed.items():
             order = orders[order_id]
-            snapshot = self.mapper.to_stored_event(Snapshot.take(order))
+            snapshot = self.mapper.to_stored_event(_snapshot(order))
             cursor.execute(
                 sql.SQL(
                     "INSERT INTO {} (order_id, channel, external_id, status, paid, placed_at, "
@@ -95,6 +95,18 @@ class OrdersProjection(Projection):
             )
             orders[row["order_id"]] = snapshot.mutate(None)  # type: ignore[attr-defined]
         return orders
+
+
+def _snapshot(order: Order) -> Snapshot:
+    """The order's state, stamped with its last change (so a rebuild writes identical bytes)."""
+    taken = Snapshot.take(order)
+    return Snapshot(
+        originator_id=taken.originator_id,
+        originator_version=taken.originator_version,
+        timestamp=order.modified_on,
+        topic=taken.topic,
+        state=taken.state,
+    )
 
 
 # --- the read model ----------------------------------------------------------------------------
