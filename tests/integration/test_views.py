@@ -30,7 +30,7 @@ def _register(ledger: Ledger) -> None:
 
 
 def _mixed_workload(ledger: Ledger, target_events: int, seed: int = 7) -> None:
-    """Receipts, orders with payment, fulfilment, returns and cancellations, POS sales, transfers."""
+    """Receipts, orders (paid, shipped, returned, cancelled), POS sales, adjustments, transfers."""
     rng = random.Random(seed)
     _register(ledger)
     for sku in SKUS:
