@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
 
 from domain.location import Location
 from domain.stock import StockPosition
@@ -29,7 +30,8 @@ BUCKETS = (
 STOCK_EVENTS: tuple[type[Any], ...] = tuple(
     value
     for value in vars(StockPosition).values()
-    if isinstance(value, type) and issubclass(value, StockPosition.Event)
+    if isinstance(value, type)
+    and issubclass(value, StockPosition.Event)
     and value is not StockPosition.Event
 )
 LOCATION_EVENTS: tuple[type[Any], ...] = (Location.Registered, Location.Changed)
@@ -199,7 +201,7 @@ def _bucket_view(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def view_position(connection: AsyncConnection[Any], name: str) -> int:
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT position FROM projection_positions WHERE name = %s", (name,)
     )
     row = await cursor.fetchone()
@@ -214,7 +216,7 @@ def _field(row: Any, name: str) -> Any:
 
 async def sku_availability(connection: AsyncConnection[Any], sku: str) -> dict[str, Any]:
     """``GET /v1/availability/{sku}``: every location's buckets and each channel's ATS."""
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT a.*, l.channels FROM view_availability a "
         "LEFT JOIN view_locations l ON l.code = a.location "
         "WHERE a.sku = %s ORDER BY a.location",
@@ -234,7 +236,7 @@ async def channel_availability(
     connection: AsyncConnection[Any], channel: str, skus: Sequence[str]
 ) -> dict[str, Any]:
     """``GET /v1/availability?channel=&sku=``: ATS for many SKUs at once, in request order."""
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT a.sku, sum(GREATEST(a.available - a.safety_stock, 0)) AS ats "
         "FROM view_availability a JOIN view_locations l ON l.code = a.location "
         "WHERE a.sku = ANY(%s) AND %s = ANY(l.channels) GROUP BY a.sku",
@@ -250,7 +252,7 @@ async def channel_availability(
 
 
 async def list_locations(connection: AsyncConnection[Any]) -> list[dict[str, Any]]:
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT code, name, kind, channels, priority, external_ids FROM view_locations "
         "ORDER BY priority, code"
     )

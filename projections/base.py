@@ -303,9 +303,7 @@ def rebuild(
                 retired = sql.Identifier(f"{live}__retired")
                 cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(retired))
                 cursor.execute(
-                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                        sql.Identifier(live), retired
-                    )
+                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(live), retired)
                 )
                 cursor.execute(
                     sql.SQL("ALTER TABLE {} RENAME TO {}").format(
@@ -314,8 +312,7 @@ def rebuild(
                 )
                 cursor.execute(sql.SQL("DROP TABLE {}").format(retired))
             cursor.execute(
-                "UPDATE projection_positions SET position = %s, updated_at = now() "
-                "WHERE name = %s",
+                "UPDATE projection_positions SET position = %s, updated_at = now() WHERE name = %s",
                 (position, projection.name),
             )
             cursor.execute("DELETE FROM projection_positions WHERE name = %s", (shadow_name,))

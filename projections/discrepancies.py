@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
 
 from domain.stock import StockPosition
 from projections.base import Cursor, Projection, Recorded, table
@@ -50,7 +51,7 @@ class DiscrepanciesProjection(Projection):
 
 
 async def list_discrepancies(connection: AsyncConnection[Any]) -> list[dict[str, Any]]:
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT sku, location, shortfall, cause, recorded_at, updated_position "
         "FROM view_discrepancies ORDER BY recorded_at DESC"
     )

@@ -12,6 +12,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 
 from domain.keys import NAMESPACE, position_id
 from domain.location import Location
@@ -91,7 +92,7 @@ async def event_feed(
     connection: AsyncConnection[Any], mapper: Mapper[UUID], *, after: int, limit: int
 ) -> dict[str, Any]:
     """``GET /v1/events``: every event after a position, in position order."""
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT notification_id, originator_id, originator_version, topic, state "
         "FROM ledger_events WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
         (after, min(limit, MAX_PAGE)),
@@ -104,7 +105,7 @@ async def event_feed(
 async def _aggregate_rows(
     connection: AsyncConnection[Any], aggregate_id: UUID
 ) -> Sequence[dict[str, Any]]:
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT notification_id, originator_id, originator_version, topic, state "
         "FROM ledger_events WHERE originator_id = %s ORDER BY originator_version",
         (aggregate_id,),

@@ -15,6 +15,7 @@ from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
 
 from domain.order import Order
 from projections.base import Cursor, Projection, Recorded, table
@@ -77,9 +78,7 @@ class OrdersProjection(Projection):
     def _load(
         self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]
     ) -> dict[UUID, Order]:
-        ids = list(
-            {r.event.originator_id for r in batch if not isinstance(r.event, Order.Placed)}
-        )
+        ids = list({r.event.originator_id for r in batch if not isinstance(r.event, Order.Placed)})
         if not ids:
             return {}
         cursor.execute(
@@ -111,7 +110,7 @@ def _snapshot(order: Order) -> Snapshot:
 
 # --- the read model ----------------------------------------------------------------------------
 async def get_order(connection: AsyncConnection[Any], order_id: UUID) -> dict[str, Any] | None:
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT body, updated_position FROM view_orders WHERE order_id = %s", (order_id,)
     )
     row = await cursor.fetchone()
@@ -135,19 +134,19 @@ async def find_orders(
             conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
             params.append(value)
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-    cursor = await connection.execute(
-        sql.SQL("SELECT body, updated_position FROM view_orders{} ORDER BY placed_at DESC LIMIT %s")
-        .format(where),
+    cursor = await connection.cursor(row_factory=dict_row).execute(
+        sql.SQL(
+            "SELECT body, updated_position FROM view_orders{} ORDER BY placed_at DESC LIMIT %s"
+        ).format(where),
         [*params, limit],
     )
     return [
-        {**row["body"], "position": int(row["updated_position"])}
-        for row in await cursor.fetchall()
+        {**row["body"], "position": int(row["updated_position"])} for row in await cursor.fetchall()
     ]
 
 
 async def orders_by_status(connection: AsyncConnection[Any]) -> dict[str, int]:
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT status, count(*) AS n FROM view_orders GROUP BY status"
     )
     return {row["status"]: int(row["n"]) for row in await cursor.fetchall()}
@@ -157,7 +156,7 @@ async def unpaid_orders_placed_before(
     connection: AsyncConnection[Any], cutoff: Any, limit: int = 500
 ) -> list[UUID]:
     """Candidates for reservation expiry (the ledger re-checks each one)."""
-    cursor = await connection.execute(
+    cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT order_id FROM view_orders WHERE status = 'reserved' AND NOT paid "
         "AND placed_at < %s ORDER BY placed_at LIMIT %s",
         (cutoff, limit),
