@@ -101,6 +101,27 @@ class Order(LedgerAggregate):
                 if outstanding <= order.held_of(line_id):
                     del order.backordered[line_id]
 
+    class LinesCancelled(LedgerAggregate.Event):
+        """Some units of some lines are no longer wanted (the channel removed them)."""
+
+        lines: list[dict[str, Any]]
+        released: list[dict[str, Any]]
+        reason: str
+
+        def apply(self, order: Order) -> None:
+            for line in self.lines:
+                line_id = line["line_id"]
+                order.cancelled_units[line_id] = (
+                    order.cancelled_units.get(line_id, 0) + line["quantity"]
+                )
+                backordered = order.backordered.get(line_id, 0) - line["from_backorder"]
+                if backordered > 0:
+                    order.backordered[line_id] = backordered
+                else:
+                    order.backordered.pop(line_id, None)
+            for release in self.released:
+                order._take_held(release["line_id"], release["location"], release["quantity"])
+
     class ReturnReceived(LedgerAggregate.Event):
         return_id: str
         lines: list[dict[str, Any]]
@@ -145,6 +166,7 @@ class Order(LedgerAggregate):
         self.refunds: dict[str, str] = {}
         self.paid = False
         self.cancel_reason: str | None = None
+        self.cancelled_units: dict[str, int] = {}
 
     # --- figures ----------------------------------------------------------------------------
     def line(self, line_id: str) -> dict[str, Any]:
@@ -154,7 +176,8 @@ class Order(LedgerAggregate):
         raise ValidationFailed(f"order {self.external_id} has no line {line_id!r}")
 
     def quantity_of(self, line_id: str) -> int:
-        return int(self.line(line_id)["quantity"])
+        """Units the line still wants: as ordered, less those cancelled since."""
+        return int(self.line(line_id)["quantity"]) - self.cancelled_units.get(line_id, 0)
 
     def held_of(self, line_id: str) -> int:
         return sum(self.held.get(line_id, {}).values())
@@ -172,10 +195,10 @@ class Order(LedgerAggregate):
 
     @property
     def status(self) -> str:
-        ordered = sum(int(line["quantity"]) for line in self.lines)
+        ordered = sum(self.quantity_of(line["line_id"]) for line in self.lines)
         shipped = sum(self.shipped_of(line["line_id"]) for line in self.lines)
         returned = sum(self.returned.values())
-        if self.is_cancelled:
+        if self.is_cancelled or ordered == 0:
             return "cancelled"
         if self.refunds:
             fully = self.total is not None and self.refunded_amount >= Decimal(self.total)
@@ -205,9 +228,7 @@ class Order(LedgerAggregate):
             self.held.pop(line_id, None)
 
     # --- commands ---------------------------------------------------------------------------
-    def record_reservations(
-        self, allocations: list[Movement], backordered: dict[str, int]
-    ) -> None:
+    def record_reservations(self, allocations: list[Movement], backordered: dict[str, int]) -> None:
         self.trigger_event(
             self.LinesReserved,
             allocations=[
@@ -233,7 +254,8 @@ class Order(LedgerAggregate):
     def cancel(self, reason: str) -> list[Movement]:
         self._require_open("cancel")
         if all(
-            self.shipped_of(line["line_id"]) >= int(line["quantity"]) for line in self.lines
+            self.shipped_of(line["line_id"]) >= self.quantity_of(line["line_id"])
+            for line in self.lines
         ):
             raise InvalidTransition(
                 f"order {self.external_id} is fulfilled and cannot be cancelled"
@@ -252,9 +274,7 @@ class Order(LedgerAggregate):
         self.trigger_event(self.ReservationExpired, released=_movements(releases))
         return releases
 
-    def fulfill(
-        self, fulfillment_id: str, lines: list[tuple[str, int, str | None]]
-    ) -> Plan:
+    def fulfill(self, fulfillment_id: str, lines: list[tuple[str, int, str | None]]) -> Plan:
         """Ships units, from the given location or else from where they are held.
 
         Units shipped from a location that held none for the order come from its available
@@ -268,10 +288,10 @@ class Order(LedgerAggregate):
         shipments: list[Shipment] = []
         for line_id, quantity, location in lines:
             line = self.line(line_id)
-            if shipped[line_id] + quantity > int(line["quantity"]):
+            if shipped[line_id] + quantity > self.quantity_of(line_id):
                 raise InvalidTransition(
                     f"line {line_id} of order {self.external_id}: {quantity} to ship, "
-                    f"{int(line['quantity']) - shipped[line_id]} outstanding"
+                    f"{self.quantity_of(line_id) - shipped[line_id]} outstanding"
                 )
             shipped[line_id] += quantity
             line_held = held.setdefault(line_id, {})
@@ -319,6 +339,38 @@ class Order(LedgerAggregate):
             released=_movements(releases),
         )
         return Plan(tuple(shipments), tuple(releases))
+
+    def cancel_lines(self, lines: list[tuple[str, int]], reason: str) -> list[Movement]:
+        """Gives up units not yet shipped: backordered units first, then held ones."""
+        self._require_open("cancel lines of")
+        held = {line_id: dict(by_location) for line_id, by_location in self.held.items()}
+        cancelled: list[dict[str, Any]] = []
+        releases: list[Movement] = []
+        for line_id, quantity in lines:
+            line = self.line(line_id)
+            outstanding = self.quantity_of(line_id) - self.shipped_of(line_id)
+            if quantity > outstanding:
+                raise InvalidTransition(
+                    f"line {line_id} of order {self.external_id}: {quantity} to cancel, "
+                    f"{outstanding} not yet shipped"
+                )
+            from_backorder = min(quantity, self.backordered.get(line_id, 0))
+            remaining = quantity - from_backorder
+            for location, units in held.get(line_id, {}).items():
+                if remaining == 0:
+                    break
+                give_back = min(units, remaining)
+                if give_back:
+                    releases.append(Movement(line_id, line["sku"], location, give_back))
+                    held[line_id][location] -= give_back
+                    remaining -= give_back
+            cancelled.append(
+                {"line_id": line_id, "quantity": quantity, "from_backorder": from_backorder}
+            )
+        self.trigger_event(
+            self.LinesCancelled, lines=cancelled, released=_movements(releases), reason=reason
+        )
+        return releases
 
     def receive_return(
         self, return_id: str, location: str | None, lines: list[tuple[str, int, str]]
@@ -421,6 +473,7 @@ class Order(LedgerAggregate):
                         for location, quantity in self.held.get(line["line_id"], {}).items()
                     ],
                     "backordered": self.backordered.get(line["line_id"], 0),
+                    "cancelled": self.cancelled_units.get(line["line_id"], 0),
                     "shipped": self.shipped_of(line["line_id"]),
                     "returned": self.returned.get(line["line_id"], 0),
                 }

@@ -81,6 +81,12 @@ class SkuQuantity:
 
 
 @dataclass(frozen=True)
+class LineQuantity:
+    line_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
 class FulfillmentLine:
     line_id: str
     quantity: int
@@ -189,7 +195,9 @@ class Ledger(Application[UUID]):
                 scope.add(location)
                 directory = scope.get(DIRECTORY_ID)
                 if directory is None:
-                    directory = LocationDirectory.open(LocationDirectory.DirectoryOpened, DIRECTORY_ID)
+                    directory = LocationDirectory.open(
+                        LocationDirectory.DirectoryOpened, DIRECTORY_ID
+                    )
                     scope.add(directory)
                 directory.add(code)
             else:
@@ -572,6 +580,35 @@ class Ledger(Application[UUID]):
             "order.cancel", {"order_id": str(the_id), "reason": reason}, run, context
         )
 
+    def cancel_order_lines(
+        self,
+        order: str | UUID,
+        lines: Sequence[LineQuantity],
+        reason: str = "cancelled",
+        *,
+        context: CommandContext | None = None,
+    ) -> WriteResult:
+        """Gives up some units of some lines (a channel removed them); their stock is released."""
+        the_id = _order_uuid(order)
+        reason = _text(reason, "reason") or "cancelled"
+        _check_lines(lines)
+        wanted: list[tuple[str, int]] = []
+        for line in lines:
+            check_external_id(line.line_id, "line id")
+            wanted.append((line.line_id, check_positive(line.quantity)))
+
+        def run(scope: Scope) -> dict[str, Any]:
+            record = _order(scope, the_id)
+            committed = record.paid
+            for movement in record.cancel_lines(wanted, reason):
+                _position(scope, movement.sku, movement.location).release(
+                    str(the_id), movement.quantity, "cancelled", committed=committed
+                )
+            return record.describe()
+
+        request = {"order_id": str(the_id), "lines": wanted, "reason": reason}
+        return self._execute("order.cancel_lines", request, run, context)
+
     def expire_reservation(
         self, order: str | UUID, *, now: datetime | None = None
     ) -> WriteResult:
@@ -794,6 +831,9 @@ class Ledger(Application[UUID]):
             "occurred_at": when,
             "lines": [asdict(line) for line in lines],
         }
+        # The till's transaction id is the idempotency key of a POS write (SPEC §2). Nothing else
+        # stops a sale from being recorded twice, so a request key must not take its place.
+        context = CommandContext(correlation_id=context.correlation_id if context else None)
         return self._execute(
             "pos.transaction", request, run, context, natural_key=f"pos:{transaction}"
         )
