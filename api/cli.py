@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Annotated, Any, NoReturn
+
 import typer
 from pydantic import ValidationError
 
@@ -25,7 +28,7 @@ def _settings() -> Settings:
         _fail(f"{name}: {first['msg']}")
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=1)
 
@@ -33,7 +36,6 @@ def _fail(message: str) -> typer.Exit:
 def _database_url(settings: Settings) -> str:
     if not settings.database_url:
         _fail("STOCKLEDGER_DATABASE_URL is not set")
-    assert settings.database_url is not None
     return settings.database_url
 
 
@@ -49,6 +51,72 @@ def migrate() -> None:
         typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")
     else:
         typer.echo("schema is up to date")
+
+
+@app.command()
+def serve(
+    api_only: Annotated[
+        bool, typer.Option("--api-only", help="Serve the HTTP API without background workers.")
+    ] = False,
+    workers_only: Annotated[
+        bool,
+        typer.Option(
+            "--workers-only", help="Run the projections and relays; HTTP serves /health, /ready."
+        ),
+    ] = False,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to listen on (default: STOCKLEDGER_HOST, 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port to listen on (default: STOCKLEDGER_PORT, 8000)."),
+    ] = None,
+) -> None:
+    """Run the API, the projections and the relays in one process (or one of the two)."""
+    # The web stack loads only for this command, keeping the others quick to start.
+    import uvicorn
+
+    from api.app import create_app
+    from api.auth import KeysFileError
+
+    if api_only and workers_only:
+        _fail("--api-only and --workers-only exclude each other")
+    settings = _settings()
+    url = _database_url(settings)
+    try:
+        application = create_app(settings, serve_api=not workers_only, run_workers=not api_only)
+    except KeysFileError as error:
+        _fail(str(error))
+    # Fail here with one line, not in the server's start-up with a traceback.
+    try:
+        applied = apply_migrations(url)
+    except Exception as error:
+        _fail(f"database not usable: {str(error).strip().splitlines()[0]}")
+    if applied:
+        typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        # uvloop and httptools when installed (uvicorn[standard]), asyncio and h11 otherwise.
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        server_header=False,
+        log_config=_log_config(),
+    )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, extended to our loggers and to warnings from any library."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    for name in ("stockledger", "domain", "projections", "adapters"):
+        config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     shopify_webhook_secret: str | None = None
     reservation_ttl: str = "30m"
+    # The API's own knobs (the SPEC fixes the body limit at 1 MiB; tests and proxies may vary it).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    read_pool_size: int = Field(default=10, ge=1, le=200)
 
     def ledger_overrides(self) -> dict[str, str]:
         return {"STOCKLEDGER_RESERVATION_TTL": self.reservation_ttl}

@@ -11,10 +11,10 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -54,6 +54,7 @@ MAX_LINES = 500
 MAX_TEXT = 500
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_Aggregate = TypeVar("_Aggregate")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
 
@@ -528,7 +529,7 @@ class Ledger(Application[UUID]):
                         )
                     backordered[line.line_id] = remaining
             order.record_reservations(allocations, backordered)
-            return order.describe()
+            return dict(order.describe())
 
         request = {
             "channel": channel,
@@ -840,24 +841,28 @@ class Ledger(Application[UUID]):
 
     # --- reads of the write model (the views in projections/ serve the API) -------------------
     def get_position(self, sku: str, location: str) -> StockPosition | None:
-        return self._get(position_id(sku, location))
+        return self._get(StockPosition, position_id(sku, location))
 
     def get_order(self, order: str | UUID) -> Order | None:
-        return self._get(_order_uuid(order))
+        return self._get(Order, _order_uuid(order))
 
     def get_location(self, code: str) -> Location | None:
-        return self._get(location_id(code))
+        return self._get(Location, location_id(code))
+
+    def get_transfer(self, transfer: str) -> Transfer | None:
+        return self._get(Transfer, transfer_id(transfer))
 
     def list_locations(self) -> list[Location]:
-        directory: LocationDirectory | None = self._get(DIRECTORY_ID)
+        directory = self._get(LocationDirectory, DIRECTORY_ID)
         codes = directory.codes if directory else []
         return [loc for loc in (self.get_location(code) for code in codes) if loc is not None]
 
-    def _get(self, aggregate_id: UUID) -> Any:
+    def _get(self, kind: type[_Aggregate], aggregate_id: UUID) -> _Aggregate | None:
         try:
-            return self.repository.get(aggregate_id)
+            found: object = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+        return found if isinstance(found, kind) else None
 
     # --- plumbing ---------------------------------------------------------------------------
     def _execute(
@@ -892,9 +897,13 @@ class Ledger(Application[UUID]):
         )
         future = self.committer.submit(command)
         try:
-            return future.result(timeout=self.COMMAND_TIMEOUT)
+            result = future.result(timeout=self.COMMAND_TIMEOUT)
         except TimeoutError:
             raise LedgerUnavailable("the ledger did not record the command in time") from None
+        if result.position is None:
+            # Nothing new was recorded: the answer holds as of the log's head.
+            result = replace(result, position=self.ledger_recorder.max_notification_id() or 0)
+        return result
 
 
 # --- helpers shared by the use cases --------------------------------------------------------

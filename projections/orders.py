@@ -44,8 +44,9 @@ class OrdersProjection(Projection):
         changed: dict[UUID, int] = {}
         for recorded in batch:
             event = recorded.event
-            current = orders.get(event.originator_id)
-            orders[event.originator_id] = event.mutate(current)  # type: ignore[arg-type]
+            mutated = event.mutate(orders.get(event.originator_id))
+            assert isinstance(mutated, Order)
+            orders[event.originator_id] = mutated
             changed[event.originator_id] = recorded.position
         for order_id, position in changed.items():
             order = orders[order_id]

@@ -1,0 +1,144 @@
+"""The FastAPI application: wiring only; the rules live in ``domain``.
+
+``create_app`` reads the keys (failing fast on a bad keys file), installs the problem handlers
+and middleware, and includes the routers. Its lifespan migrates the schema, opens the ledger and
+the read pool, and (unless API-only) starts the background workers; on shutdown it closes them in
+reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+from starlette.concurrency import run_in_threadpool
+
+from adapters.migrations import migrate
+from adapters.postgres import ledger_env
+from api.auth import KeyRing
+from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, UnexpectedErrorMiddleware
+from api.problems import install_problem_handlers, use_problem_media_type
+from api.readiness import ReadinessCheck, database_check
+from api.routes import locations, orders, pos, reads, service, stock, transfers
+from api.settings import Settings
+from api.workers import running_workers
+from domain.service import Ledger
+
+log = logging.getLogger("stockledger.api")
+
+ReadPool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+
+READ_POOL_OPEN_TIMEOUT_SECONDS = 10.0
+
+
+def _version() -> str:
+    try:
+        return version("stockledger")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Stable, readable operation ids (``orders-place_order``) for clients and OpenAPI links."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+class StockledgerAPI(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = use_problem_media_type(super().openapi())
+        return self.openapi_schema
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    serve_api: bool = True,
+    run_workers: bool = True,
+) -> FastAPI:
+    """The app. ``serve_api=False`` keeps only /health and /ready (a workers-only process);
+    ``run_workers=False`` starts no background workers (an API-only process)."""
+    settings = settings or Settings()
+    app = StockledgerAPI(
+        title="stockledger",
+        version=_version(),
+        summary="Event-sourced inventory and order ledger for omnichannel retail.",
+        lifespan=_lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.keyring = KeyRing.load(admin_key=settings.admin_key, keys_file=settings.api_keys_file)
+    app.state.run_workers = run_workers
+    app.state.readiness_checks = []
+
+    install_problem_handlers(app)
+    # Each add wraps the ones before: the request id is outermost, so even a 413 or 500 has one.
+    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+
+    app.include_router(service.router)
+    if serve_api:
+        for area in (locations, stock, transfers, orders, pos):
+            app.include_router(area.router)
+        app.include_router(reads.router)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.database_url:
+        # The embedded PostgreSQL default (SPEC §6) is started by the CLI, not here.
+        raise RuntimeError("STOCKLEDGER_DATABASE_URL is not set")
+    database_url = settings.database_url
+    applied = await run_in_threadpool(migrate, database_url)
+    if applied:
+        log.info("applied %d migrations: %s", len(applied), ", ".join(applied))
+
+    ledger = await run_in_threadpool(
+        Ledger, env=ledger_env(database_url, **settings.ledger_overrides())
+    )
+    read_pool: ReadPool = AsyncConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=settings.read_pool_size,
+        kwargs={"autocommit": True},
+        open=False,
+        name="stockledger-reads",
+    )
+    try:
+        await read_pool.open(wait=True, timeout=READ_POOL_OPEN_TIMEOUT_SECONDS)
+        app.state.ledger = ledger
+        app.state.read_pool = read_pool
+        checks: list[ReadinessCheck] = app.state.readiness_checks
+        checks.append(database_check(read_pool))
+        if app.state.run_workers:
+            async with background_workers(app, settings, ledger, read_pool):
+                yield
+        else:
+            yield
+    finally:
+        await read_pool.close()
+        await run_in_threadpool(ledger.close)
+
+
+@asynccontextmanager
+async def background_workers(
+    app: FastAPI, settings: Settings, ledger: Ledger, read_pool: ReadPool
+) -> AsyncIterator[None]:
+    """The views, reservation expiry and relays of this process (not with ``--api-only``)."""
+    assert settings.database_url is not None
+    async with running_workers(
+        settings.database_url, ledger, read_pool, app.state.readiness_checks
+    ) as workers:
+        app.state.workers = workers
+        yield

@@ -1,0 +1,74 @@
+"""Dependencies the routes share: the ledger, the read pool, the command context."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Header, Request, Response
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+from api.settings import Settings
+from domain.committer import WriteResult
+from domain.service import CommandContext, Ledger
+
+POSITION_HEADER = "X-Ledger-Position"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_ledger(request: Request) -> Ledger:
+    ledger: Ledger = request.app.state.ledger
+    return ledger
+
+
+def get_read_pool(request: Request) -> AsyncConnectionPool:
+    pool: AsyncConnectionPool = request.app.state.read_pool
+    return pool
+
+
+def get_request_id(request: Request) -> str:
+    request_id: str = request.state.request_id
+    return request_id
+
+
+async def get_command_context(
+    request_id: Annotated[str, Depends(get_request_id)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[!-~]{1,255}$",
+            description=(
+                "Makes the write safe to retry: the same key with the same body returns the "
+                "first answer; with another body it is refused (409 idempotency-key-reused)."
+            ),
+        ),
+    ] = None,
+) -> CommandContext:
+    return CommandContext(idempotency_key=idempotency_key, correlation_id=request_id)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+ReadPoolDep = Annotated[AsyncConnectionPool, Depends(get_read_pool)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+CommandContextDep = Annotated[CommandContext, Depends(get_command_context)]
+
+
+def written(model: type[Model], result: WriteResult, response: Response) -> Model:
+    """The answer to a write: the ledger's body plus ``position``, mirrored in headers."""
+    body: dict[str, Any] = {**result.body, "position": result.position}
+    if result.position is not None:
+        response.headers[POSITION_HEADER] = str(result.position)
+    if result.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return model.model_validate(body)

@@ -1,0 +1,113 @@
+"""Start-up configuration: the keys file, and one-line errors from ``stockledger serve``."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from api.app import create_app
+from api.auth import KeyRing, KeysFileError, Scope
+from api.cli import app as cli
+from api.settings import Settings
+
+
+def _settings(keys_file: Path) -> Settings:
+    return Settings(database_url="postgresql://nobody@127.0.0.1:1/none", api_keys_file=keys_file)
+
+
+def test_keys_are_known_by_plain_secret_or_by_digest(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    digest = hashlib.sha256(b"hashed-secret-value").hexdigest()
+    keys_file.write_text(
+        '[[keys]]\nname = "plain"\nsecret = "plain-secret-value"\nscopes = ["read"]\n'
+        f'[[keys]]\nname = "hashed"\nsecret_sha256 = "{digest}"\nscopes = ["pos:write"]\n'
+        'locations = ["STORE-1"]\n'
+    )
+
+    ring = KeyRing.load(admin_key="the-admin-key-0123", keys_file=keys_file)
+
+    plain, hashed = ring.identify("plain-secret-value"), ring.identify("hashed-secret-value")
+    admin = ring.identify("the-admin-key-0123")
+    assert plain is not None and plain.scopes == {Scope.READ} and plain.locations is None
+    assert hashed is not None and hashed.locations == {"STORE-1"}
+    assert admin is not None and admin.holds(Scope.POS_WRITE)
+    assert ring.identify("plain-secret-valu") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[[keys]\n", "not valid TOML"),
+        ('[[keys]]\nname = "a"\nscopes = ["read"]\n', "exactly one of secret and secret_sha256"),
+        ('[[keys]]\nname = "a"\nsecret = "s"\nscopes = ["root"]\n', "keys[0].scopes[0]"),
+        ('[[keys]]\nname = "a"\nsecret_sha256 = "abc"\nscopes = ["read"]\n', "64 hexadecimal"),
+        ('[[keys]]\nname = "a"\nsecret = "s"\nscopes = ["read"]\nextra = 1\n', "keys[0].extra"),
+        (
+            '[[keys]]\nname = "a"\nsecret = "s1"\nscopes = ["read"]\n'
+            '[[keys]]\nname = "a"\nsecret = "s2"\nscopes = ["read"]\n',
+            "duplicate key names: a",
+        ),
+        (
+            '[[keys]]\nname = "a"\nsecret = "same"\nscopes = ["read"]\n'
+            '[[keys]]\nname = "b"\nsecret = "same"\nscopes = ["read"]\n',
+            "share the same secret",
+        ),
+    ],
+)
+def test_a_bad_keys_file_stops_start_up_with_one_line(
+    tmp_path: Path, content: str, expected: str
+) -> None:
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(content)
+
+    with pytest.raises(KeysFileError) as refused:
+        create_app(_settings(keys_file))
+
+    message = str(refused.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_a_secret_in_a_bad_keys_file_is_never_repeated(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text('[[keys]]\nname = "a"\nsecret = 12345678901234\nscopes = ["read"]\n')
+
+    with pytest.raises(KeysFileError) as refused:
+        create_app(_settings(keys_file))
+
+    assert "12345678901234" not in str(refused.value)
+
+
+def test_serve_without_a_database_url_fails_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STOCKLEDGER_DATABASE_URL", raising=False)
+
+    result = CliRunner().invoke(cli, ["serve"])
+
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: STOCKLEDGER_DATABASE_URL is not set"
+
+
+def test_serve_with_a_missing_keys_file_fails_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STOCKLEDGER_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("STOCKLEDGER_API_KEYS_FILE", str(tmp_path / "missing.toml"))
+
+    result = CliRunner().invoke(cli, ["serve"])
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: API keys file {tmp_path / 'missing.toml'} does not exist"
+    ]
+
+
+def test_serve_refuses_api_only_with_workers_only() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--api-only", "--workers-only"])
+
+    assert result.exit_code == 1
+    assert "exclude each other" in result.output
