@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from adapters.migrations import migrate as apply_migrations
 from api.settings import Settings
+from api.view_commands import availability_command, history, projections_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="stockledger: the ledger.")
 
@@ -121,3 +122,8 @@ def _log_config() -> dict[str, Any]:
 
 if __name__ == "__main__":
     app()
+
+
+app.add_typer(projections_app, name="projections")
+app.command("history")(history)
+app.command("availability")(availability_command)

@@ -190,8 +190,10 @@ def history(
         assert result is not None
         _print_events(result["events"])
         state = result["state"]
-        table = Table(*(k for k in state if k not in ("sku", "location", "as_of")))
-        table.add_row(*(str(v) for k, v in state.items() if k not in ("sku", "location", "as_of")))
+        table = Table("figure", "value")
+        for key, value in state.items():
+            if key not in ("sku", "location", "as_of"):
+                table.add_row(key, str(value))
         when = state["as_of"] or "now"
         console.print(f"{sku} at {location} as of {when}:")
         console.print(table)
