@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 from typing import Annotated, Any, NoReturn
 
+import psycopg
 import typer
 from pydantic import ValidationError
 
 from adapters.migrations import migrate as apply_migrations
+from api.runtime import Runtime
 from api.settings import Settings
 from api.view_commands import availability_command, history, projections_app
 
@@ -83,30 +86,53 @@ def serve(
 
     if api_only and workers_only:
         _fail("--api-only and --workers-only exclude each other")
-    settings = _settings()
-    url = _database_url(settings)
+    from adapters.embedded import EmbeddedServerError
+    from api.runtime import provisioned
+
+    servers = ExitStack()
     try:
-        application = create_app(settings, serve_api=not workers_only, run_workers=not api_only)
-    except KeysFileError as error:
-        _fail(str(error))
-    # Fail here with one line, not in the server's start-up with a traceback.
-    try:
-        applied = apply_migrations(url)
-    except Exception as error:
-        _fail(f"database not usable: {str(error).strip().splitlines()[0]}")
-    if applied:
-        typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")
-    uvicorn.run(
-        application,
-        host=host or settings.host,
-        port=port or settings.port,
-        # uvloop and httptools when installed (uvicorn[standard]), asyncio and h11 otherwise.
-        loop="auto",
-        http="auto",
-        lifespan="on",
-        server_header=False,
-        log_config=_log_config(),
+        runtime = servers.enter_context(provisioned(_settings()))
+    except (EmbeddedServerError, OSError, psycopg.Error) as error:
+        _fail(f"cannot start the embedded servers: {str(error).strip().splitlines()[0]}")
+    with servers:
+        settings = runtime.settings
+        url = _database_url(settings)
+        try:
+            application = create_app(settings, serve_api=not workers_only, run_workers=not api_only)
+        except KeysFileError as error:
+            _fail(str(error))
+        # Fail here with one line, not in the server's start-up with a traceback.
+        try:
+            applied = apply_migrations(url)
+        except Exception as error:
+            _fail(f"database not usable: {str(error).strip().splitlines()[0]}")
+        if applied:
+            typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")
+        listen_host, listen_port = host or settings.host, port or settings.port
+        _announce(runtime, f"http://{listen_host}:{listen_port}")
+        uvicorn.run(
+            application,
+            host=listen_host,
+            port=listen_port,
+            # uvloop and httptools when installed (uvicorn[standard]), asyncio and h11 otherwise.
+            loop="auto",
+            http="auto",
+            lifespan="on",
+            server_header=False,
+            log_config=_log_config(),
+        )
+
+
+def _announce(runtime: Runtime, url: str) -> None:
+    typer.secho(f"stockledger listening on {url}  (API docs: {url}/docs, operations: {url}/ops)")
+    typer.echo(f"data folder: {runtime.data_dir}")
+    where = "embedded" if runtime.embedded_database else "configured"
+    typer.echo(
+        f"PostgreSQL: {where}; NATS: {'embedded' if runtime.embedded_nats else 'configured'}"
     )
+    if runtime.admin_key and (runtime.admin_key_created or runtime.embedded_database):
+        note = "created and kept" if runtime.admin_key_created else "kept"
+        typer.echo(f"admin key ({note} in {runtime.data_dir / 'admin.key'}): {runtime.admin_key}")
 
 
 def _log_config() -> dict[str, Any]:
@@ -120,10 +146,9 @@ def _log_config() -> dict[str, Any]:
     return config
 
 
-if __name__ == "__main__":
-    app()
-
-
 app.add_typer(projections_app, name="projections")
 app.command("history")(history)
 app.command("availability")(availability_command)
+
+if __name__ == "__main__":
+    app()
