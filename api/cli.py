@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 from contextlib import ExitStack
 from typing import Annotated, Any, NoReturn
 
@@ -94,6 +95,9 @@ def serve(
         runtime = servers.enter_context(provisioned(_settings()))
     except (EmbeddedServerError, OSError, psycopg.Error) as error:
         _fail(f"cannot start the embedded servers: {str(error).strip().splitlines()[0]}")
+    # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into an exit that unwinds,
+    # so the embedded servers are stopped too.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     with servers:
         settings = runtime.settings
         url = _database_url(settings)
@@ -121,6 +125,10 @@ def serve(
             server_header=False,
             log_config=_log_config(),
         )
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _announce(runtime: Runtime, url: str) -> None:
