@@ -9,15 +9,17 @@ library takes (so readers of the notification log never skip an event). Chosen w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from psycopg import Cursor
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from domain.ports import IdempotencyClaim, IdempotencyRecord
+from domain.ports import IdempotencyClaim, IdempotencyRecord, PreparedBatch
 
 PERSISTENCE_MODULE = "adapters.postgres:LedgerPostgresFactory"
 
@@ -45,36 +47,55 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     def insert_events_with_keys(
         self, stored_events: Sequence[StoredEvent], claims: Sequence[IdempotencyClaim]
     ) -> Sequence[int]:
-        positions: list[int] = []
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             if stored_events:
                 self._lock_table(curs)
-                self._notify_channel(curs)
-                curs.execute(
-                    self._insert_batch,
-                    (
-                        [event.originator_id for event in stored_events],
-                        [event.originator_version for event in stored_events],
-                        [event.topic for event in stored_events],
-                        [event.state for event in stored_events],
-                    ),
-                )
-                positions = [row["notification_id"] for row in curs.fetchall()]
-            if claims:
-                curs.execute(
-                    self._insert_keys,
-                    (
-                        [claim.key for claim in claims],
-                        [claim.fingerprint for claim in claims],
-                        [claim.response for claim in claims],
-                        [
-                            positions[claim.last_event_index]
-                            if claim.last_event_index is not None
-                            else None
-                            for claim in claims
-                        ],
-                    ),
-                )
+            return self._insert_with_keys(curs, stored_events, claims)
+
+    def insert_events_with_keys_exclusively(
+        self, prepare: Callable[[], PreparedBatch]
+    ) -> Sequence[int]:
+        # The lock is taken before ``prepare`` reads the aggregates (on other connections: the
+        # EXCLUSIVE mode lets reads through), so no other writer commits until this one has.
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._lock_table(curs)
+            stored_events, claims = prepare()
+            return self._insert_with_keys(curs, stored_events, claims)
+
+    def _insert_with_keys(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        claims: Sequence[IdempotencyClaim],
+    ) -> Sequence[int]:
+        positions: list[int] = []
+        if stored_events:
+            self._notify_channel(curs)
+            curs.execute(
+                self._insert_batch,
+                (
+                    [event.originator_id for event in stored_events],
+                    [event.originator_version for event in stored_events],
+                    [event.topic for event in stored_events],
+                    [event.state for event in stored_events],
+                ),
+            )
+            positions = [row["notification_id"] for row in curs.fetchall()]
+        if claims:
+            curs.execute(
+                self._insert_keys,
+                (
+                    [claim.key for claim in claims],
+                    [claim.fingerprint for claim in claims],
+                    [claim.response for claim in claims],
+                    [
+                        positions[claim.last_event_index]
+                        if claim.last_event_index is not None
+                        else None
+                        for claim in claims
+                    ],
+                ),
+            )
         return positions
 
     def select_idempotency_records(self, keys: Sequence[str]) -> Mapping[str, IdempotencyRecord]:

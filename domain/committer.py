@@ -8,7 +8,9 @@ the batch, and its changes are made on copies, so a refused command leaves nothi
 
 Another process may write the same aggregates. The store's unique (aggregate, version) key turns
 that into a conflict on insert, and the batch is then replayed against fresh state. A refusal is
-only given after checking that the state it was decided on was not stale.
+only given after checking that the state it was decided on was not stale. When the optimistic
+replays keep losing to the other process, the batch is replayed under the store's write lock,
+reading every aggregate fresh, which cannot conflict.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Snapshot
-from eventsourcing.persistence import EventStore, IntegrityError, Mapper, PersistenceError
+from eventsourcing.persistence import (
+    EventStore,
+    IntegrityError,
+    Mapper,
+    PersistenceError,
+    StoredEvent,
+)
 
 from domain.base import CommandMetadata, LedgerAggregate, collecting_events, recording_metadata
 from domain.errors import (
@@ -37,7 +45,7 @@ from domain.errors import (
     LedgerUnavailable,
     ValidationFailed,
 )
-from domain.ports import IdempotencyClaim, LedgerRecorder
+from domain.ports import ExclusiveLedgerRecorder, IdempotencyClaim, LedgerRecorder, PreparedBatch
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +110,9 @@ class Scope:
 
 
 class _BatchState:
-    def __init__(self, committer: GroupCommitter) -> None:
+    def __init__(self, committer: GroupCommitter, *, fresh: bool = False) -> None:
         self._committer = committer
+        self._fresh = fresh
         self.working: dict[UUID, LedgerAggregate] = {}
         self.base_versions: dict[UUID, int] = {}
         self.from_cache: dict[UUID, int] = {}
@@ -111,10 +120,12 @@ class _BatchState:
     def load(self, aggregate_id: UUID) -> LedgerAggregate | None:
         if aggregate_id in self.working:
             return self.working[aggregate_id]
-        aggregate, cached = self._committer.lookup(aggregate_id)
+        # Fresh reads go to the store once per batch; the cache then holds what they read.
+        refresh = self._fresh and aggregate_id not in self.base_versions
+        aggregate, cached = self._committer.lookup(aggregate_id, fresh=refresh)
         version = aggregate.version if aggregate is not None else 0
         self.base_versions.setdefault(aggregate_id, version)
-        if cached:
+        if cached and not self._fresh:
             self.from_cache.setdefault(aggregate_id, version)
         return aggregate
 
@@ -132,6 +143,16 @@ class _Success:
     replayed: bool = False
 
 
+@dataclass
+class _Prepared:
+    """A batch run against the aggregates, ready to record."""
+
+    state: _BatchState
+    outcomes: list[tuple[Command, _Success | BaseException]]
+    stored_events: list[StoredEvent]
+    claims: list[IdempotencyClaim]
+
+
 class GroupCommitter:
     """Runs commands in batches on one writer thread; one transaction per batch."""
 
@@ -146,6 +167,7 @@ class GroupCommitter:
         cache_size: int,
         max_batch: int = 400,
         max_attempts: int = 6,
+        optimistic_attempts: int = 2,
     ) -> None:
         self._recorder = recorder
         self._mapper = mapper
@@ -156,6 +178,7 @@ class GroupCommitter:
         self._cache_size = cache_size
         self._max_batch = max_batch
         self._max_attempts = max_attempts
+        self._optimistic_attempts = optimistic_attempts
         self._queue: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._started = False
@@ -184,8 +207,10 @@ class GroupCommitter:
             self._cache.pop(aggregate_id, None)
 
     # --- cache ------------------------------------------------------------------------------
-    def lookup(self, aggregate_id: UUID) -> tuple[LedgerAggregate | None, bool]:
-        cached = self._cache.get(aggregate_id, _MISSING)
+    def lookup(
+        self, aggregate_id: UUID, *, fresh: bool = False
+    ) -> tuple[LedgerAggregate | None, bool]:
+        cached = _MISSING if fresh else self._cache.get(aggregate_id, _MISSING)
         if cached is not _MISSING:
             self._cache.move_to_end(aggregate_id)
             return cached, True  # type: ignore[return-value]
@@ -223,19 +248,23 @@ class GroupCommitter:
     def _process(self, batch: list[Command]) -> None:
         for attempt in range(1, self._max_attempts + 1):
             try:
-                self._attempt(batch, verify_refusals=attempt < self._max_attempts)
+                self._attempt(
+                    batch,
+                    verify_refusals=attempt < self._max_attempts,
+                    exclusive=attempt > self._optimistic_attempts,
+                )
                 return
             except _StaleRead as stale:
                 self.stats["stale_refusals"] += 1
                 self.forget(stale.ids)
             except IntegrityError:
                 self.stats["conflicts"] += 1
+                self.forget(self._last_touched)
                 if len(batch) > 1:
                     # Someone else wrote one of these aggregates: find out which command it was.
                     for command in batch:
                         self._process([command])
                     return
-                self.forget(self._last_touched)
             except PersistenceError as error:
                 self._fail(batch, LedgerUnavailable(f"the event store is unavailable: {error}"))
                 return
@@ -251,13 +280,36 @@ class GroupCommitter:
             if not command.future.done():
                 command.future.set_exception(error)
 
-    def _attempt(self, batch: list[Command], *, verify_refusals: bool) -> None:
+    def _attempt(
+        self, batch: list[Command], *, verify_refusals: bool, exclusive: bool = False
+    ) -> None:
+        prepared: list[_Prepared] = []
+
+        def prepare() -> PreparedBatch:
+            prepared.append(self._prepare(batch, verify_refusals=verify_refusals, fresh=exclusive))
+            return prepared[-1].stored_events, prepared[-1].claims
+
+        positions: list[int] = []
+        if exclusive and isinstance(self._recorder, ExclusiveLedgerRecorder):
+            positions = list(self._recorder.insert_events_with_keys_exclusively(prepare))
+        else:
+            prepare()
+            if prepared[-1].stored_events or prepared[-1].claims:
+                positions = list(
+                    self._recorder.insert_events_with_keys(
+                        prepared[-1].stored_events, prepared[-1].claims
+                    )
+                )
+        self._complete(batch, prepared[-1], positions)
+
+    def _prepare(self, batch: list[Command], *, verify_refusals: bool, fresh: bool) -> _Prepared:
+        """Runs the batch's commands; with ``fresh``, reads every aggregate from the store."""
         keys = sorted({command.key for command in batch if command.key})
         records = self._recorder.select_idempotency_records(keys) if keys else {}
-        state = _BatchState(self)
+        state = _BatchState(self, fresh=fresh)
         now = datetime.now(UTC)
         outcomes: list[tuple[Command, _Success | BaseException]] = []
-        stored_events = []
+        stored_events: list[StoredEvent] = []
         claims: list[IdempotencyClaim] = []
         claimed: dict[str, tuple[str, _Success]] = {}
         self._last_touched = []
@@ -265,9 +317,17 @@ class GroupCommitter:
             if command.key:
                 record = records.get(command.key)
                 if record is not None:
-                    outcomes.append((command, self._replay(command, record.fingerprint,
-                                                           json.loads(record.response),
-                                                           record.position)))
+                    outcomes.append(
+                        (
+                            command,
+                            self._replay(
+                                command,
+                                record.fingerprint,
+                                json.loads(record.response),
+                                record.position,
+                            ),
+                        )
+                    )
                     continue
                 if command.key in claimed:
                     fingerprint, first = claimed[command.key]
@@ -305,15 +365,16 @@ class GroupCommitter:
                 )
                 claimed[command.key] = (command.fingerprint, success)
             outcomes.append((command, success))
+        return _Prepared(state, outcomes, stored_events, claims)
 
-        positions: list[int] = []
-        if stored_events or claims:
-            positions = list(self._recorder.insert_events_with_keys(stored_events, claims))
+    def _complete(self, batch: list[Command], prepared: _Prepared, positions: list[int]) -> None:
+        """After the batch is recorded: caches its aggregates and answers its callers."""
+        state = prepared.state
         for aggregate_id, aggregate in state.working.items():
             self._remember(aggregate_id, aggregate)
         self.stats["batches"] += 1
         self.stats["commands"] += len(batch)
-        for command, outcome in outcomes:
+        for command, outcome in prepared.outcomes:
             if isinstance(outcome, BaseException):
                 command.future.set_exception(outcome)
                 continue

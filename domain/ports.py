@@ -6,7 +6,7 @@ Adapters implement it (``adapters.postgres`` for PostgreSQL, ``adapters.memory``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,3 +44,22 @@ class LedgerRecorder(Protocol):
 
     def max_notification_id(self) -> int | None:
         """The global position of the last recorded event."""
+
+
+# What a batch prepared for recording: its events and the keys of the commands that made them.
+PreparedBatch = tuple[Sequence[StoredEvent], Sequence[IdempotencyClaim]]
+
+
+@runtime_checkable
+class ExclusiveLedgerRecorder(Protocol):
+    """A recorder shared with other processes that can also record a batch under its write lock.
+
+    The committer falls back to this when optimistic attempts keep conflicting with another
+    process writing the same aggregates: no other writer can commit between ``prepare`` reading
+    the aggregates and the insert, so the attempt cannot conflict.
+    """
+
+    def insert_events_with_keys_exclusively(
+        self, prepare: Callable[[], PreparedBatch]
+    ) -> Sequence[int]:
+        """Takes the write lock, calls ``prepare``, inserts what it returns and commits."""
