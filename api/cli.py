@@ -83,16 +83,22 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from api.auth import KeysFileError
+    from api.auth import KeyRing, KeysFileError
 
     if api_only and workers_only:
         _fail("--api-only and --workers-only exclude each other")
     from adapters.embedded import EmbeddedServerError
     from api.runtime import provisioned
 
+    configured = _settings()
+    try:
+        # A bad keys file is found before any server is started for it.
+        KeyRing.load(admin_key=configured.admin_key, keys_file=configured.api_keys_file)
+    except KeysFileError as error:
+        _fail(str(error))
     servers = ExitStack()
     try:
-        runtime = servers.enter_context(provisioned(_settings()))
+        runtime = servers.enter_context(provisioned(configured))
     except (EmbeddedServerError, OSError, psycopg.Error) as error:
         _fail(f"cannot start the embedded servers: {str(error).strip().splitlines()[0]}")
     # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into an exit that unwinds,

@@ -19,25 +19,25 @@ MAX_QUANTITY = 1_000_000_000
 
 
 def check_sku(sku: str) -> str:
-    if not isinstance(sku, str) or not SKU_PATTERN.match(sku):
+    if not isinstance(sku, str) or not SKU_PATTERN.fullmatch(sku):
         raise ValidationFailed(f"SKU {sku!r} must be 1-64 characters of A-Za-z0-9._-/")
     return sku
 
 
 def check_location(code: str) -> str:
-    if not isinstance(code, str) or not LOCATION_PATTERN.match(code):
+    if not isinstance(code, str) or not LOCATION_PATTERN.fullmatch(code):
         raise ValidationFailed(f"location {code!r} must be 1-64 characters of A-Za-z0-9._-")
     return code
 
 
 def check_channel(channel: str) -> str:
-    if not isinstance(channel, str) or not CHANNEL_PATTERN.match(channel):
+    if not isinstance(channel, str) or not CHANNEL_PATTERN.fullmatch(channel):
         raise ValidationFailed(f"channel {channel!r} must be a lower-case word")
     return channel
 
 
 def check_external_id(value: str, what: str = "external id") -> str:
-    if not isinstance(value, str) or not EXTERNAL_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not EXTERNAL_ID_PATTERN.fullmatch(value):
         raise ValidationFailed(f"{what} {value!r} must be 1-128 characters of A-Za-z0-9._-:/#@")
     return value
 

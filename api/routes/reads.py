@@ -20,6 +20,7 @@ from api.problems import ApiProblem, problem_responses
 from domain.keys import CHANNEL_PATTERN, LOCATION_PATTERN, SKU_PATTERN
 from projections import availability, discrepancies, events, orders
 from projections.availability import AvailabilityProjection
+from projections.discrepancies import DiscrepanciesProjection
 from projections.orders import OrdersProjection
 
 router = APIRouter(
@@ -82,7 +83,8 @@ async def get_channel_availability(
     sku: Annotated[list[str], Query(min_length=1, max_length=MAX_BULK_SKUS)],
     min_position: MinPosition = None,
 ) -> dict[str, Any]:
-    bad = [s for s in sku if not SKU_PATTERN.match(s)]
+    # fullmatch: ``$`` alone would let a trailing newline through.
+    bad = [s for s in sku if not SKU_PATTERN.fullmatch(s)]
     if bad:
         raise ApiProblem(422, "validation", f"SKU {bad[0]!r} is not a valid SKU")
     await _await_view(pool, AvailabilityProjection.name, min_position)
@@ -180,6 +182,9 @@ async def get_locations(
 
 
 @router.get("/discrepancies", summary="Positions where the books and the shelf disagree")
-async def get_discrepancies(_: ReadAccess, pool: ReadPoolDep) -> dict[str, Any]:
+async def get_discrepancies(
+    _: ReadAccess, pool: ReadPoolDep, min_position: MinPosition = None
+) -> dict[str, Any]:
+    await _await_view(pool, DiscrepanciesProjection.name, min_position)
     async with pool.connection() as connection:
         return {"discrepancies": await discrepancies.list_discrepancies(connection)}

@@ -276,3 +276,10 @@ def new_id() -> Callable[[str], str]:
 @pytest.fixture
 def fixed(live_server: LiveServer) -> FixedLocations:
     return FixedLocations()
+
+
+@pytest.fixture
+def served_database_url(live_server: LiveServer) -> str:
+    """The database the live server runs on (for the CLI and for checks against the log)."""
+    url: str = live_server.app.state.settings.database_url
+    return url

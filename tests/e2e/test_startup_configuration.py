@@ -81,15 +81,20 @@ def test_a_secret_in_a_bad_keys_file_is_never_repeated(tmp_path: Path) -> None:
     assert "12345678901234" not in str(refused.value)
 
 
-def test_serve_without_a_database_url_fails_with_one_line(
-    monkeypatch: pytest.MonkeyPatch,
+def test_serve_with_an_unusable_data_folder_fails_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
     monkeypatch.delenv("STOCKLEDGER_DATABASE_URL", raising=False)
+    monkeypatch.setenv("STOCKLEDGER_DATA_DIR", str(not_a_folder / "data"))
 
     result = CliRunner().invoke(cli, ["serve"])
 
     assert result.exit_code == 1
-    assert result.output.strip() == "error: STOCKLEDGER_DATABASE_URL is not set"
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: cannot start the embedded servers:")
 
 
 def test_serve_with_a_missing_keys_file_fails_with_one_line(
