@@ -24,7 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from adapters.migrations import migrate
 from adapters.postgres import ledger_env
 from api.auth import KeyRing
+from api.logs import CorrelationIdMiddleware
+from api.metrics import HttpMetricsMiddleware, Metrics
+from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, UnexpectedErrorMiddleware
+from api.ops import OpsSessions
+from api.ops import router as ops_router
 from api.problems import install_problem_handlers, use_problem_media_type
 from api.readiness import ReadinessCheck, database_check
 from api.routes import locations, orders, pos, reads, service, stock, transfers
@@ -64,7 +69,7 @@ def create_app(
     serve_api: bool = True,
     run_workers: bool = True,
 ) -> FastAPI:
-    """The app. ``serve_api=False`` keeps only /health and /ready (a workers-only process);
+    """The app. ``serve_api=False`` keeps only /health, /ready, /metrics (a workers-only process);
     ``run_workers=False`` starts no background workers (an API-only process)."""
     settings = settings or Settings()
     app = StockledgerAPI(
@@ -78,18 +83,25 @@ def create_app(
     app.state.keyring = KeyRing.load(admin_key=settings.admin_key, keys_file=settings.api_keys_file)
     app.state.run_workers = run_workers
     app.state.readiness_checks = []
+    # Per app, not prometheus-client's global registry: several apps may share a process.
+    app.state.metrics = Metrics(ledger=lambda: getattr(app.state, "ledger", None))
+    app.state.ops_sessions = OpsSessions()
 
     install_problem_handlers(app)
     # Each add wraps the ones before: the request id is outermost, so even a 413 or 500 has one.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(CorrelationIdMiddleware)  # log lines carry the request id from here in
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(service.router)
+    app.include_router(metrics_router)
     if serve_api:
         for area in (locations, stock, transfers, orders, pos):
             app.include_router(area.router)
         app.include_router(reads.router)
+        app.include_router(ops_router)
     return app
 
 

@@ -150,10 +150,14 @@ def _announce(runtime: Runtime, url: str) -> None:
 
 
 def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, extended to our loggers and to warnings from any library."""
+    """uvicorn's logging as JSON lines carrying the request's correlation id (api/logs.py),
+    extended to our loggers and to warnings from any library."""
     from uvicorn.config import LOGGING_CONFIG
 
+    from api.logs import log_formatters
+
     config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"] = log_formatters()
     config["root"] = {"handlers": ["default"], "level": "WARNING"}
     for name in ("stockledger", "domain", "projections", "adapters"):
         config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
