@@ -150,7 +150,7 @@ async def background_workers(
     """The views, reservation expiry and relays of this process (not with ``--api-only``)."""
     assert settings.database_url is not None
     async with running_workers(
-        settings.database_url, ledger, read_pool, app.state.readiness_checks
+        settings.database_url, settings.nats_url, ledger, read_pool, app.state.readiness_checks
     ) as workers:
         app.state.workers = workers
         yield

@@ -164,6 +164,18 @@ def _log_config() -> dict[str, Any]:
     return config
 
 
+@app.command()
+def subscribe(
+    subject: Annotated[
+        str | None, typer.Argument(help="NATS subject (default: stockledger.events.>).")
+    ] = None,
+) -> None:
+    """Tail the event stream: one readable line per event."""
+    from api.stream_commands import subscribe_command
+
+    subscribe_command(subject)
+
+
 app.add_typer(projections_app, name="projections")
 app.command("history")(history)
 app.command("availability")(availability_command)

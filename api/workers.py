@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from adapters.nats import Relays, relay_backlog_async
 from api.readiness import CheckResult, ReadinessCheck
 from domain.service import Ledger
 from projections.base import ProjectionWorker
@@ -76,17 +77,42 @@ async def expire_reservations_forever(pool: Any, ledger: Ledger) -> None:
             log.exception("reservation expiry pass failed; will retry")
 
 
+def nats_check(relays: Relays, pool: Any) -> ReadinessCheck:
+    """NATS being down does not stop writes (postings wait in the log), so it does not make the
+    process unready; the check says so, with what is waiting."""
+
+    async def nats() -> CheckResult:
+        if relays.nats_connected:
+            return CheckResult("nats", True)
+        async with pool.connection() as connection:
+            backlog = await relay_backlog_async(connection)
+        waiting = sum(item.behind for item in backlog.values())
+        return CheckResult("nats", True, f"unreachable: {waiting} events wait to be published")
+
+    return nats
+
+
 @contextlib.asynccontextmanager
 async def running_workers(
-    database_url: str, ledger: Ledger, pool: Any, checks: list[ReadinessCheck]
+    database_url: str,
+    nats_url: str | None,
+    ledger: Ledger,
+    pool: Any,
+    checks: list[ReadinessCheck],
 ) -> AsyncIterator[dict[str, Any]]:
     views = await run_in_threadpool(start_view_workers, database_url, ledger)
     checks.append(projection_lag_check(pool, ledger))
+    relays = Relays(database_url, nats_url, ledger.mapper, ledger) if nats_url else None
+    if relays is not None:
+        relays.start()
+        checks.append(nats_check(relays, pool))
     expiry = asyncio.create_task(expire_reservations_forever(pool, ledger))
     try:
-        yield {"views": views}
+        yield {"views": views, "relays": relays}
     finally:
         expiry.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await expiry
+        if relays is not None:
+            await run_in_threadpool(relays.stop)
         await run_in_threadpool(stop_view_workers, views)
