@@ -76,6 +76,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from adapters import exceptions as exception_store
 from adapters.erp import POSTING_TOPICS, OrderLookup, postings_for
+from domain.committer import WriteResult
 from domain.errors import DomainError
 from domain.service import CommandContext, Ledger, PosLine, parse_duration
 from projections.base import Recorded, advisory_key
@@ -757,6 +758,51 @@ class InboundSettings:
     durable: str = POS_DURABLE
 
 
+@dataclass(frozen=True)
+class PosApplication:
+    """What applying one POS message did: ``applied`` (with the ledger's answer), or
+    ``exception`` with the reason; either way the business ids the message carries."""
+
+    outcome: Literal["applied", "exception"]
+    reason: str
+    external_ids: dict[str, str]
+    result: WriteResult | None = None
+
+
+def apply_pos_message(
+    ledger: Ledger, raw: bytes, *, correlation_id: str | None = None
+) -> PosApplication:
+    """Parses and applies one POS transaction message (blocking: run it in a thread).
+
+    Shared by the inbound consumer and the retry of a POS exception. What is the message's own
+    fault (bad JSON, an invalid body, a refusal by the ledger) comes back as ``exception``;
+    anything else (the ledger cannot record: ``LedgerUnavailable``) is raised.
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        return PosApplication("exception", f"invalid JSON: {error}", {})
+    ids = _external_ids(body)
+    try:
+        transaction = PosTransactionMessage.model_validate(body)
+    except PydanticValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        return PosApplication("exception", f"validation: {where}: {first['msg']}", ids)
+    lines = [PosLine(line.sku, line.quantity, line.disposition) for line in transaction.lines]
+    try:
+        result = ledger.record_pos_transaction(
+            transaction.transaction_id,
+            transaction.location,
+            transaction.occurred_at,
+            lines,
+            context=CommandContext(correlation_id=correlation_id),
+        )
+    except DomainError as error:
+        return PosApplication("exception", f"{error.slug}: {error.detail}", ids)
+    return PosApplication("applied", "", ids, result)
+
+
 class InboundPos:
     """Applies POS messages through the ledger; what cannot be applied becomes an exception."""
 
@@ -809,30 +855,10 @@ class InboundPos:
         )
 
     async def _apply(self, raw: bytes, msg: Msg) -> tuple[Outcome, str, dict[str, str]]:
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as error:
-            return "exception", f"invalid JSON: {error}", {}
-        ids = _external_ids(body)
-        try:
-            transaction = PosTransactionMessage.model_validate(body)
-        except PydanticValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            return "exception", f"validation: {where}: {first['msg']}", ids
-        lines = [PosLine(line.sku, line.quantity, line.disposition) for line in transaction.lines]
-        try:
-            await asyncio.to_thread(
-                self.ledger.record_pos_transaction,
-                transaction.transaction_id,
-                transaction.location,
-                transaction.occurred_at,
-                lines,
-                context=CommandContext(correlation_id=f"nats:{msg.subject}"),
-            )
-        except DomainError as error:
-            return "exception", f"{error.slug}: {error.detail}", ids
-        return "applied", "", ids
+        applied = await asyncio.to_thread(
+            apply_pos_message, self.ledger, raw, correlation_id=f"nats:{msg.subject}"
+        )
+        return applied.outcome, applied.reason, applied.external_ids
 
     @staticmethod
     def _stream_details(msg: Msg) -> dict[str, Any]:

@@ -387,7 +387,8 @@ def _restock_plan(
     location: str | None = None
     for item in refund.get("refund_line_items") or []:
         restock_type = item.get("restock_type")
-        if restock_type is None and legacy_restock:
+        if (restock_type is None and legacy_restock) or restock_type == "legacy_restock":
+            # Shopify's value for a refund made with the deprecated ``restock`` flag: restocked.
             restock_type = "return"
         if restock_type not in ("return", "cancel"):
             continue

@@ -32,7 +32,17 @@ from api.ops import OpsSessions
 from api.ops import router as ops_router
 from api.problems import install_problem_handlers, use_problem_media_type
 from api.readiness import ReadinessCheck, database_check
-from api.routes import locations, orders, pos, reads, service, stock, transfers
+from api.routes import (
+    exceptions,
+    locations,
+    orders,
+    pos,
+    reads,
+    service,
+    stock,
+    transfers,
+    webhooks,
+)
 from api.settings import Settings
 from api.workers import running_workers
 from domain.service import Ledger
@@ -98,7 +108,7 @@ def create_app(
     app.include_router(service.router)
     app.include_router(metrics_router)
     if serve_api:
-        for area in (locations, stock, transfers, orders, pos):
+        for area in (locations, stock, transfers, orders, pos, webhooks, exceptions):
             app.include_router(area.router)
         app.include_router(reads.router)
         app.include_router(ops_router)

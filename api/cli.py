@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from adapters.migrations import migrate as apply_migrations
+from api.exception_commands import exceptions_app
 from api.runtime import Runtime
 from api.settings import Settings
 from api.view_commands import availability_command, history, projections_app
@@ -177,6 +178,7 @@ def subscribe(
 
 
 app.add_typer(projections_app, name="projections")
+app.add_typer(exceptions_app, name="exceptions")
 app.command("history")(history)
 app.command("availability")(availability_command)
 

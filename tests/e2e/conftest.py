@@ -7,7 +7,10 @@ fixed locations below exist because the location-limited API keys must name them
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import json
 import secrets
 import socket
 import threading
@@ -283,3 +286,82 @@ def served_database_url(live_server: LiveServer) -> str:
     """The database the live server runs on (for the CLI and for checks against the log)."""
     url: str = live_server.app.state.settings.database_url
     return url
+
+
+# --- Shopify webhooks ----------------------------------------------------------------------------
+SHOPIFY_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "shopify"
+SHOPIFY_WEBHOOK_SECRET = f"e2e-shopify-{secrets.token_hex(16)}"
+
+
+def shopify_signature(secret: str, body: bytes) -> str:
+    """As Shopify signs a delivery: base64 of the HMAC-SHA256 of the exact body bytes."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+@pytest.fixture
+def shopify_secret(live_server: LiveServer) -> str:
+    """STOCKLEDGER_SHOPIFY_WEBHOOK_SECRET of the served app (read by the route per request)."""
+    settings = live_server.app.state.settings
+    if settings.shopify_webhook_secret != SHOPIFY_WEBHOOK_SECRET:
+        settings.shopify_webhook_secret = SHOPIFY_WEBHOOK_SECRET
+    return SHOPIFY_WEBHOOK_SECRET
+
+
+@pytest.fixture
+def shopify_fixture() -> Callable[[str], bytes]:
+    """Factory: a webhook body from ../shared/fixtures/shopify, unchanged: a bare resource as
+    stored, an enveloped one (``{"order": {...}}``) unwrapped."""
+
+    def load(name: str) -> bytes:
+        raw = (SHOPIFY_FIXTURES / name).read_bytes()
+        document = json.loads(raw)
+        if isinstance(document, dict) and len(document) == 1:
+            (inner,) = document.values()
+            if isinstance(inner, dict):
+                return json.dumps(inner).encode()
+        return raw
+
+    return load
+
+
+@pytest.fixture
+def shopify_webhook(server: LiveServer, shopify_secret: str) -> Callable[..., httpx.Response]:
+    """Factory: delivers a body as Shopify would (signed, with its headers), without an API key.
+
+    ``signature=None`` signs the body with the app's secret; ``headers`` override or, with a
+    None value, remove headers.
+    """
+    client = server.client(None)
+
+    def deliver(
+        topic: str,
+        body: bytes | dict[str, Any],
+        *,
+        webhook_id: str | None = None,
+        signature: str | None = None,
+        headers: dict[str, str | None] | None = None,
+    ) -> httpx.Response:
+        raw = json.dumps(body).encode() if isinstance(body, dict) else body
+        sent: dict[str, str | None] = {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": topic,
+            "X-Shopify-Hmac-Sha256": signature or shopify_signature(shopify_secret, raw),
+            "X-Shopify-Webhook-Id": webhook_id or str(uuid4()),
+            "X-Shopify-Event-Id": str(uuid4()),
+            "X-Shopify-Shop-Domain": "e2e-shop.myshopify.com",
+            "X-Shopify-API-Version": "2024-10",
+            "X-Shopify-Triggered-At": "2026-11-27T10:00:00.000000Z",
+        }
+        sent.update(headers or {})
+        return client.post(
+            "/v1/webhooks/shopify",
+            content=raw,
+            headers={name: value for name, value in sent.items() if value is not None},
+        )
+
+    return deliver
+
+
+@pytest.fixture
+def signature_for() -> Callable[[str, bytes], str]:
+    return shopify_signature
