@@ -177,6 +177,29 @@ def subscribe(
     subscribe_command(subject)
 
 
+@app.command()
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option(help="A running stockledger (default: one at HOST:PORT, else embedded)."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Its admin key (default: STOCKLEDGER_ADMIN_KEY).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the end figures as JSON.")] = False,
+) -> None:
+    """A realistic retail day: locations, stock, Shopify orders, POS sales, a transfer, a return,
+    a refund; then availability per channel and the ERP postings it caused."""
+    from adapters.embedded import EmbeddedServerError
+    from api.demo import DemoError
+    from api.demo import run as run_demo
+
+    try:
+        run_demo(_settings(), url, key, as_json=as_json)
+    except (DemoError, EmbeddedServerError, OSError, psycopg.Error) as error:
+        _fail(f"demo stopped: {str(error).strip().splitlines()[0]}")
+
+
 app.add_typer(projections_app, name="projections")
 app.add_typer(exceptions_app, name="exceptions")
 app.command("history")(history)
