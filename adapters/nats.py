@@ -415,13 +415,10 @@ class RelayProcessor:
         try:
             for message in messages:
                 headers = {**message.headers, MSG_ID: message.msg_id}
+                # No wait_stall: the pending limit is twice a batch, so it never stalls, and
+                # nats-py wraps every message in asyncio.wait_for when one is given.
                 futures.append(
-                    await self.js.publish_async(
-                        message.subject,
-                        message.payload,
-                        wait_stall=self.ack_timeout,
-                        headers=headers,
-                    )
+                    await self.js.publish_async(message.subject, message.payload, headers=headers)
                 )
             acks = await self._acks(futures)
         except BaseException:

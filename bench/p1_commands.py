@@ -1,0 +1,283 @@
+"""Part 1: place-order commands per second through the application service.
+
+Workload: 8 concurrent callers (threads) call ``Ledger.place_order`` back to back, each order two
+lines of one unit on random SKUs (1,000 SKUs, plenty of stock), sourced from the channel's
+locations, with an idempotency key, as the HTTP API would call it.
+
+Baselines, measured in the same run on the same PostgreSQL:
+- raw psycopg: one-row ``INSERT`` commits (autocommit) on 4 connections, 4 threads;
+- naive eventsourcing: a plain ``eventsourcing.application.Application`` on PostgreSQL (its own
+  recorder, table lock per insert) with the same aggregates, one ``save()`` per command: load both
+  positions, open the order, reserve, save; retried on a version conflict. 8 callers.
+
+Targets: >= 0.5x the raw commit rate, >= 3x the naive rate.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError
+from psycopg.conninfo import conninfo_to_dict
+
+from adapters.postgres import ledger_env
+from bench.common import (
+    CHANNEL,
+    WAREHOUSE,
+    Check,
+    Context,
+    LoadResult,
+    PartResult,
+    closed_loop,
+    console,
+    setup_catalog,
+    sku_name,
+    summarize,
+)
+from bench.profiling import print_profile, profile_call
+from bench.sqlstats import counting_statements, per_operation
+from domain.base import CommandMetadata, recording_metadata
+from domain.keys import order_id, position_id
+from domain.order import Movement, Order
+from domain.service import CommandContext, Ledger, OrderLine
+from domain.stock import StockPosition
+
+TITLE = "place-order commands/s through the service (8 callers)"
+CALLERS = 8
+RAW_CONNECTIONS = 4
+SKUS = 1000
+
+
+# --- baselines -------------------------------------------------------------------------------
+def raw_commits(url: str, seconds: float, connections: int = RAW_CONNECTIONS) -> LoadResult:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload text NOT NULL, "
+            "created_at timestamptz NOT NULL DEFAULT now())"
+        )
+    payload = "x" * 200
+    local = threading.local()
+    opened: list[psycopg.Connection[Any]] = []
+
+    def insert(worker: int, n: int) -> None:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = psycopg.connect(url, autocommit=True)
+            opened.append(conn)
+        conn.execute("INSERT INTO bench_raw (payload) VALUES (%s)", (payload,))
+
+    try:
+        return closed_loop(connections, seconds, insert, warmup=1.0)
+    finally:
+        for conn in opened:
+            conn.close()
+
+
+class NaiveLedger(Application[Any]):
+    """eventsourcing as its documentation shows it: one save per command."""
+
+    name = "NaiveLedger"
+
+
+def naive_env(url: str) -> dict[str, str]:
+    params = conninfo_to_dict(url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(params.get("dbname")),
+        "POSTGRES_HOST": str(params.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(params.get("port") or "5432"),
+        "POSTGRES_USER": str(params.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(params.get("password") or ""),
+        "POSTGRES_POOL_SIZE": str(CALLERS),
+        "CREATE_TABLE": "y",
+    }
+
+
+def naive_commands(url: str, seconds: float, run_id: str) -> tuple[LoadResult, dict[str, int]]:
+    app = NaiveLedger(env=naive_env(url))
+    stats = {"conflicts": 0}
+    try:
+        positions = []
+        for number in range(1, SKUS + 1):
+            sku = sku_name(number)
+            position = StockPosition.open(
+                StockPosition.Opened, position_id(sku, WAREHOUSE), sku=sku, location=WAREHOUSE
+            )
+            position.receive(100_000_000, "bench")
+            positions.append(position)
+        app.save(*positions)
+        randoms = [random.Random(i) for i in range(CALLERS)]
+
+        def place(worker: int, n: int) -> None:
+            rng = randoms[worker]
+            external = f"naive-{run_id}-{worker}-{n}"
+            a, b = rng.sample(range(1, SKUS + 1), 2)
+            for _ in range(10):
+                try:
+                    with recording_metadata(CommandMetadata(external, external)):
+                        get = app.repository.get
+                        first: StockPosition = get(position_id(sku_name(a), WAREHOUSE))
+                        second: StockPosition = get(position_id(sku_name(b), WAREHOUSE))
+                        order = Order.open(
+                            Order.Placed,
+                            order_id(CHANNEL, external),
+                            channel=CHANNEL,
+                            external_id=external,
+                            lines=[
+                                {
+                                    "line_id": "1",
+                                    "sku": sku_name(a),
+                                    "quantity": 1,
+                                    "location": None,
+                                },
+                                {
+                                    "line_id": "2",
+                                    "sku": sku_name(b),
+                                    "quantity": 1,
+                                    "location": None,
+                                },
+                            ],
+                            currency=None,
+                            total=None,
+                            allow_backorder=False,
+                        )
+                        first.reserve(str(order.id), "1", 1)
+                        second.reserve(str(order.id), "2", 1)
+                        order.record_reservations(
+                            [
+                                Movement("1", sku_name(a), WAREHOUSE, 1),
+                                Movement("2", sku_name(b), WAREHOUSE, 1),
+                            ],
+                            {},
+                        )
+                        app.save(order, first, second)
+                    return
+                except IntegrityError:
+                    stats["conflicts"] += 1
+            raise RuntimeError("naive command lost 10 races")
+
+        return closed_loop(CALLERS, seconds, place, warmup=1.0), stats
+    finally:
+        app.close()
+
+
+# --- the service -----------------------------------------------------------------------------
+def service_load(ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.0) -> LoadResult:
+    randoms = [random.Random(100 + i) for i in range(CALLERS)]
+
+    def place(worker: int, n: int) -> None:
+        rng = randoms[worker]
+        external = f"svc-{run_id}-{worker}-{n}-{rng.getrandbits(32):08x}"
+        a, b = rng.sample(range(1, SKUS + 1), 2)
+        ledger.place_order(
+            CHANNEL,
+            external,
+            [OrderLine("1", sku_name(a), 1), OrderLine("2", sku_name(b), 1)],
+            context=CommandContext(idempotency_key=external),
+        )
+
+    return closed_loop(CALLERS, seconds, place, warmup=warmup)
+
+
+def run(ctx: Context) -> PartResult:
+    result = PartResult("p1", TITLE)
+    seconds = ctx.seconds(15, 4)
+    with ctx.database("p1_raw") as url:
+        raw = raw_commits(url, seconds)
+    console.print(
+        f"  raw psycopg one-row commits, {RAW_CONNECTIONS} connections: {raw.rate:,.0f}/s"
+    )
+    with ctx.database("p1_naive", migrated=False) as url:
+        naive, naive_stats = naive_commands(url, seconds, ctx.run_id)
+    console.print(f"  naive eventsourcing save per command, {CALLERS} callers: {naive.rate:,.0f}/s")
+    with ctx.database("p1_service") as url:
+        ledger = Ledger(env=ledger_env(url, STOCKLEDGER_RESERVATION_TTL="0"))
+        try:
+            setup_catalog(ledger, SKUS)
+            before = dict(ledger.committer.stats)
+            service = service_load(ledger, seconds, ctx.run_id)
+            after = dict(ledger.committer.stats)
+            console.print(f"  service place_order, {CALLERS} callers: {service.rate:,.0f}/s")
+            batches = after["batches"] - before["batches"]
+            commands = after["commands"] - before["commands"]
+            result.checks = [
+                Check.ratio_at_least(
+                    "orders/s vs raw 1-row commits (4 conns)",
+                    service.rate,
+                    raw.rate,
+                    0.5,
+                    "/s",
+                    "raw psycopg INSERT+commit",
+                ),
+                Check.ratio_at_least(
+                    "orders/s vs naive eventsourcing",
+                    service.rate,
+                    naive.rate,
+                    3.0,
+                    "/s",
+                    "save() per command",
+                ),
+            ]
+            result.details = {
+                "service": {
+                    "orders_per_second": service.rate,
+                    "orders": service.operations,
+                    "errors": service.errors,
+                    "error_samples": service.error_samples,
+                    "latency_ms": summarize(service.latencies, 1000),
+                    "committer": {
+                        "batches": batches,
+                        "commands": commands,
+                        "commands_per_batch": commands / batches if batches else None,
+                        "conflicts": after["conflicts"] - before["conflicts"],
+                        "stale_refusals": after["stale_refusals"] - before["stale_refusals"],
+                    },
+                },
+                "raw": {
+                    "commits_per_second": raw.rate,
+                    "latency_ms": summarize(raw.latencies, 1000),
+                    "errors": raw.errors,
+                },
+                "naive": {
+                    "commands_per_second": naive.rate,
+                    "latency_ms": summarize(naive.latencies, 1000),
+                    "errors": naive.errors,
+                    "error_samples": naive.error_samples,
+                    "conflict_retries": naive_stats["conflicts"],
+                },
+                "seconds_per_measurement": seconds,
+                "reference": {
+                    "raw_4_connections": 8100,
+                    "eventsourcing_create_save_4_threads": 1350,
+                },
+            }
+            result.notes.append(
+                f"service: {service.operations:,} orders, {service.errors} errors, latency p50 "
+                f"{result.details['service']['latency_ms'].get('p50', 0):.1f} ms / p99 "
+                f"{result.details['service']['latency_ms'].get('p99', 0):.1f} ms; "
+                f"{commands / batches if batches else 0:.1f} commands per batch"
+            )
+            if service.errors:
+                result.notes.append(f"service errors: {service.error_samples[:2]}")
+            if not result.passed and ctx.profile:
+                profile = profile_call(
+                    "p1_service",
+                    ctx.profiles_dir,
+                    lambda: service_load(ledger, ctx.seconds(10, 4), ctx.run_id + "p", warmup=0),
+                )
+                result.profiles["service place_order"] = profile
+                print_profile("service place_order", profile)
+                with counting_statements() as found:
+                    traced = service_load(ledger, ctx.seconds(5, 3), ctx.run_id + "s", warmup=0)
+                lines = per_operation(found, traced.operations)
+                result.details["sql_per_order"] = found["statements"]
+                console.print("  SQL statements per order (separate run, traced):")
+                for line in lines[:10]:
+                    console.print(f"    {line}")
+        finally:
+            ledger.close()
+    return result
