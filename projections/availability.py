@@ -216,19 +216,23 @@ def _field(row: Any, name: str) -> Any:
 
 async def sku_availability(connection: AsyncConnection[Any], sku: str) -> dict[str, Any]:
     """``GET /v1/availability/{sku}``: every location's buckets and each channel's ATS."""
+    # One statement: the rows and the view's position come from the same snapshot.
     cursor = await connection.cursor(row_factory=dict_row).execute(
-        "SELECT a.*, l.channels FROM view_availability a "
-        "LEFT JOIN view_locations l ON l.code = a.location "
-        "WHERE a.sku = %s ORDER BY a.location",
-        (sku,),
+        "SELECT p.view_position, a.*, l.channels FROM "
+        "(SELECT coalesce((SELECT position FROM projection_positions WHERE name = %s), 0) "
+        "AS view_position) p "
+        "LEFT JOIN view_availability a ON a.sku = %s "
+        "LEFT JOIN view_locations l ON l.code = a.location ORDER BY a.location",
+        (AvailabilityProjection.name, sku),
     )
-    rows = await cursor.fetchall()
+    found = await cursor.fetchall()
+    position = int(found[0]["view_position"]) if found else 0
+    rows = [row for row in found if row["position_id"] is not None]
     locations = [_bucket_view(row) for row in rows]
     channels: dict[str, int] = {}
     for row, view in zip(rows, locations, strict=True):
         for channel in row["channels"] or []:
             channels[channel] = channels.get(channel, 0) + view["available_to_sell"]
-    position = await view_position(connection, AvailabilityProjection.name)
     return {"sku": sku, "position": position, "locations": locations, "channels": channels}
 
 
