@@ -5,23 +5,73 @@ of the commands that produced them are inserted in one transaction, under the sa
 library takes (so readers of the notification log never skip an event). Chosen with
 ``PERSISTENCE_MODULE=adapters.postgres:LedgerPostgresFactory``; the schema comes from
 ``migrations/`` (``stockledger migrate``), never from create-table at start-up.
+
+**Bounded waits.** When PostgreSQL is unreachable, callers must hear so quickly (the API answers
+503 within 2 s), not wait: a connection is waited for at most ``POOL_WAIT_SECONDS``, pooled
+connections are checked before use (so those a restarted server closed are replaced, not
+handed out), a pool gives up reconnecting in the background after ``POOL_RECONNECT_SECONDS``
+(the next request starts afresh, rather than waiting out a backoff that doubled all through the
+outage), and a failed read is tried again once, only when a connection broke in use, not
+eventsourcing's ten times 0.2 s apart, each waiting for the pool (over ten seconds).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
-from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+)
+from eventsourcing.utils import Environment, EnvType
 from psycopg import Cursor
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
+from psycopg_pool import PoolTimeout
 
 from domain.ports import IdempotencyClaim, IdempotencyRecord, PreparedBatch
 
 PERSISTENCE_MODULE = "adapters.postgres:LedgerPostgresFactory"
+# The longest anything waits for a database connection (the pools' timeout), in seconds.
+POOL_WAIT_SECONDS = 1
+# How long a pool's background reconnection keeps trying (its delays double: 1 s, 2 s, 4 s...)
+# before it gives up and the next request starts a fresh one. Short, so that once PostgreSQL is
+# back the pools reconnect within a second or two, not after a backoff grown during the outage.
+POOL_RECONNECT_SECONDS = 2.0
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _retried_once(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``method`` without eventsourcing's retries, tried again once when a connection broke in
+    use; when none could be had at all (the pool timed out), the error is raised at once."""
+    call = cast(Callable[_P, _R], inspect.unwrap(method))
+
+    @functools.wraps(call)
+    def retried(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return call(*args, **kwargs)
+        except (InterfaceError, OperationalError) as error:
+            if isinstance(error.__cause__, PoolTimeout):
+                raise
+        return call(*args, **kwargs)
+
+    return retried
+
+
+class LedgerSnapshotRecorder(PostgresAggregateRecorder):
+    """The snapshots' recorder, with the same bounded retries."""
+
+    select_events = _retried_once(PostgresAggregateRecorder.select_events)
+    insert_events = _retried_once(PostgresAggregateRecorder.insert_events)
 
 
 class LedgerPostgresRecorder(PostgresApplicationRecorder):
@@ -43,6 +93,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self._select_keys = SQL(
             "SELECT key, fingerprint, response, position FROM {} WHERE key = ANY(%s)"
         ).format(keys)
+
+    select_events = _retried_once(PostgresApplicationRecorder.select_events)
+    max_notification_id = _retried_once(PostgresApplicationRecorder.max_notification_id)
 
     def insert_events_with_keys(
         self, stored_events: Sequence[StoredEvent], claims: Sequence[IdempotencyClaim]
@@ -110,7 +163,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
 
 
 class LedgerPostgresFactory(PostgresFactory):
+    aggregate_recorder_class = LedgerSnapshotRecorder
     application_recorder_class = LedgerPostgresRecorder
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        super().__init__(env)
+        # psycopg-pool's own setting; eventsourcing does not pass it through.
+        self.datastore.pool.reconnect_timeout = POOL_RECONNECT_SECONDS
 
 
 def ledger_env(database_url: str, **overrides: str) -> dict[str, str]:
@@ -123,7 +182,9 @@ def ledger_env(database_url: str, **overrides: str) -> dict[str, str]:
         "POSTGRES_PORT": str(params.get("port") or "5432"),
         "POSTGRES_USER": str(params.get("user") or "postgres"),
         "POSTGRES_PASSWORD": str(params.get("password") or ""),
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        # eventsourcing's name for the pool's wait for a connection (see POOL_WAIT_SECONDS).
+        "POSTGRES_CONNECT_TIMEOUT": str(POOL_WAIT_SECONDS),
+        "POSTGRES_PRE_PING": "y",
         "POSTGRES_POOL_SIZE": "4",
         "POSTGRES_MAX_OVERFLOW": "12",
         "POSTGRES_LOCK_TIMEOUT": "10",

@@ -104,6 +104,10 @@ def parse(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise NotApplicable(f"the body is not JSON: {error}", kind="malformed") from None
+    except (ValueError, RecursionError) as error:
+        # JSON, but beyond what is parsed: an integer of over 4,300 digits (ValueError), or
+        # arrays or objects nested deeper than Python's recursion limit (RecursionError).
+        raise NotApplicable(f"the body is not usable JSON: {error}", kind="malformed") from None
     if not isinstance(payload, dict):
         raise NotApplicable("the body is not a JSON object", kind="malformed")
     return payload

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from adapters.migrations import migrate
-from adapters.postgres import ledger_env
+from adapters.postgres import POOL_RECONNECT_SECONDS, POOL_WAIT_SECONDS, ledger_env
 from api.auth import KeyRing
 from api.logs import CorrelationIdMiddleware
 from api.metrics import HttpMetricsMiddleware, Metrics
@@ -136,6 +136,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         kwargs={"autocommit": True},
         open=False,
         name="stockledger-reads",
+        # Bounded: a read answers 503 quickly when PostgreSQL is down, and connections the
+        # server closed (a restart) are checked out and replaced, never handed to a read.
+        timeout=POOL_WAIT_SECONDS,
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=POOL_RECONNECT_SECONDS,
     )
     try:
         await read_pool.open(wait=True, timeout=READ_POOL_OPEN_TIMEOUT_SECONDS)

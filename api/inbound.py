@@ -443,6 +443,6 @@ class Inbound:
 def _loads(payload: bytes) -> dict[str, Any] | None:
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # see shopify.parse
         return None
     return body if isinstance(body, dict) else None

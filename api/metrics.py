@@ -56,6 +56,7 @@ from psycopg import AsyncConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters import exceptions as exception_store
+from adapters.postgres import POOL_WAIT_SECONDS
 from projections.registry import VIEW_NAMES
 
 log = logging.getLogger("stockledger.metrics")
@@ -349,7 +350,8 @@ async def count_open_exceptions(connection: AsyncConnection[Any]) -> int:
 
 
 async def _database_families(pool: Any) -> list[Metric]:
-    async with pool.connection(timeout=DATABASE_READ_TIMEOUT_SECONDS) as connection:
+    # A database that gives no connection within the pools' wait is down: say so at once.
+    async with pool.connection(timeout=POOL_WAIT_SECONDS) as connection:
         lags = await projection_lags(connection)
         relays = await outbox_backlog(connection)
         open_exceptions = await count_open_exceptions(connection)

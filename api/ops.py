@@ -45,6 +45,7 @@ from psycopg import AsyncConnection
 
 from adapters import exceptions as exception_store
 from adapters.exceptions import ExceptionRecord
+from adapters.postgres import POOL_WAIT_SECONDS
 from api.auth import KeyRing, Principal, Scope
 from api.metrics import (
     RelayLag,
@@ -251,7 +252,7 @@ async def _recent_events(connection: AsyncConnection[Any], mapper: Any) -> list[
 
 async def gather(pool: Any, mapper: Any) -> OpsData:
     data = OpsData()
-    async with pool.connection(timeout=READ_TIMEOUT_SECONDS) as connection:
+    async with pool.connection(timeout=POOL_WAIT_SECONDS) as connection:
         data.lags = await projection_lags(connection)
         data.head = data.lags[0].head if data.lags else 0
         async with bounded(connection):

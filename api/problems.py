@@ -13,11 +13,14 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from domain.errors import DomainError, LedgerUnavailable
 
@@ -186,6 +189,17 @@ async def _ledger_unavailable(request: Request, exc: Exception) -> ProblemRespon
     )
 
 
+async def _database_unreachable(request: Request, exc: Exception) -> ProblemResponse:
+    # A read (or a write's look-up) could not reach PostgreSQL, or gave up waiting for it.
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return problem_response(
+        503,
+        "unavailable",
+        "the database cannot be reached or did not answer in time; retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _request_validation(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _field_errors(exc.errors())
@@ -204,11 +218,29 @@ async def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
     status = exc.status_code
     slug = _SLUG_BY_STATUS.get(status) or ("internal" if status >= 500 else "bad-request")
     detail: str | None = exc.detail if isinstance(exc.detail, str) else None
+    headers = dict(exc.headers or {})
     if status == 404:
         detail = f"nothing at {request.method} {request.url.path}"
     elif status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
-    return problem_response(status, slug, detail, headers=exc.headers)
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+    return problem_response(status, slug, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for this path. Starlette's own ``Allow`` names only
+    the first matching route's, and a path may be served by two (``POST``, ``GET /v1/orders``)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        pattern, _, _ = compile_path(template)
+        if pattern.match(path):
+            methods.update(method.upper() for method in item if method.isalpha())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
@@ -224,6 +256,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(ApiProblem, _api_problem)
     app.add_exception_handler(LedgerUnavailable, _ledger_unavailable)
+    # Connection failures and pool timeouts (psycopg's, and eventsourcing's wrapping of them).
+    for unreachable in (
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        OperationalError,
+        InterfaceError,
+    ):
+        app.add_exception_handler(unreachable, _database_unreachable)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(Exception, _unexpected)

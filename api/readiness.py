@@ -12,11 +12,16 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
+
+from adapters.postgres import POOL_WAIT_SECONDS
 
 log = logging.getLogger("stockledger.api")
 
-CHECK_TIMEOUT_SECONDS = 2.0
+# Every check answers within this (so /ready does, checks running concurrently): a database
+# that does not give a connection within the pools' wait is reported unreachable.
+CHECK_TIMEOUT_SECONDS = POOL_WAIT_SECONDS + 0.5
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ ReadinessCheck = Callable[[], Awaitable[CheckResult]]
 def database_check(pool: AsyncConnectionPool) -> ReadinessCheck:
     async def database() -> CheckResult:
         try:
-            async with pool.connection(timeout=CHECK_TIMEOUT_SECONDS) as connection:
+            async with pool.connection(timeout=POOL_WAIT_SECONDS) as connection:
                 await connection.execute("SELECT 1")
         except Exception as error:
             log.warning("readiness: database check failed: %s", type(error).__name__)
@@ -47,9 +52,12 @@ async def run_checks(checks: Sequence[ReadinessCheck]) -> list[CheckResult]:
     async def bounded(check: ReadinessCheck) -> CheckResult:
         name = getattr(check, "__name__", "check")
         try:
-            return await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_SECONDS + 1)
+            return await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_SECONDS)
         except TimeoutError:
             return CheckResult(name, False, "timed out")
+        except psycopg.OperationalError:
+            # A check that reads the database (projection lag, the NATS backlog) cannot tell.
+            return CheckResult(name, False, "unknown: database unreachable")
         except Exception:
             log.exception("readiness check %s failed", name)
             return CheckResult(name, False, "failed")

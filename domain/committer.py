@@ -11,6 +11,11 @@ that into a conflict on insert, and the batch is then replayed against fresh sta
 only given after checking that the state it was decided on was not stale. When the optimistic
 replays keep losing to the other process, the batch is replayed under the store's write lock,
 reading every aggregate fresh, which cannot conflict.
+
+When the store cannot be reached, the batch fails (``LedgerUnavailable``, a 503) as soon as the
+recorder gives up, and so, for ``unreachable_pause`` seconds after, do the batches that follow
+without trying: a caller waits for at most one attempt, never for a queue of them. The next
+batch after the pause tries the store again, so writes resume by themselves when it is back.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -33,7 +39,9 @@ from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import (
     EventStore,
     IntegrityError,
+    InterfaceError,
     Mapper,
+    OperationalError,
     PersistenceError,
     StoredEvent,
 )
@@ -168,6 +176,7 @@ class GroupCommitter:
         max_batch: int = 400,
         max_attempts: int = 6,
         optimistic_attempts: int = 2,
+        unreachable_pause: float = 0.5,
     ) -> None:
         self._recorder = recorder
         self._mapper = mapper
@@ -179,6 +188,8 @@ class GroupCommitter:
         self._max_batch = max_batch
         self._max_attempts = max_attempts
         self._optimistic_attempts = optimistic_attempts
+        self._unreachable_pause = unreachable_pause
+        self._unreachable_until = 0.0
         self._queue: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._started = False
@@ -246,6 +257,9 @@ class GroupCommitter:
             self._process(batch)
 
     def _process(self, batch: list[Command]) -> None:
+        if time.monotonic() < self._unreachable_until:
+            self._fail(batch, LedgerUnavailable("the event store is unreachable"))
+            return
         for attempt in range(1, self._max_attempts + 1):
             try:
                 self._attempt(
@@ -266,6 +280,8 @@ class GroupCommitter:
                         self._process([command])
                     return
             except PersistenceError as error:
+                if isinstance(error, OperationalError | InterfaceError):
+                    self._unreachable_until = time.monotonic() + self._unreachable_pause
                 self._fail(batch, LedgerUnavailable(f"the event store is unavailable: {error}"))
                 return
             except Exception as error:  # a defect: fail these commands, keep the writer alive
@@ -344,6 +360,8 @@ class GroupCommitter:
                         raise _StaleRead(stale) from error
                 outcomes.append((command, error))
                 continue
+            except PersistenceError:
+                raise  # the store failed while the command read it: the batch fails (or retries)
             except Exception as error:
                 log.exception("command %s failed", command.operation)
                 outcomes.append((command, error))

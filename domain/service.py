@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import PersistenceError
 
 from domain.base import CommandMetadata
 from domain.committer import Command, GroupCommitter, Scope, WriteResult
@@ -902,7 +903,11 @@ class Ledger(Application[UUID]):
             raise LedgerUnavailable("the ledger did not record the command in time") from None
         if result.position is None:
             # Nothing new was recorded: the answer holds as of the log's head.
-            result = replace(result, position=self.ledger_recorder.max_notification_id() or 0)
+            try:
+                head = self.ledger_recorder.max_notification_id()
+            except PersistenceError as error:
+                raise LedgerUnavailable(f"the event store is unavailable: {error}") from None
+            result = replace(result, position=head or 0)
         return result
 
 

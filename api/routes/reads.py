@@ -7,12 +7,14 @@ gives read-your-writes: the read waits (bounded) until the view has reached that
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query
+from pydantic import BeforeValidator, StringConstraints
 
 from api.auth import ReadAccess
 from api.deps import LedgerDep, ReadPoolDep
@@ -28,9 +30,14 @@ router = APIRouter(
 )
 
 READ_YOUR_WRITES_TIMEOUT_SECONDS = 5.0
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}.*)?$")
 MAX_BULK_SKUS = 500
 
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN.pattern, max_length=64)]
+# Declared so the OpenAPI document shows it; the handler's fullmatch check stays.
+SkuItem = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=SKU_PATTERN.pattern)
+]
 LocationPath = Annotated[str, Path(pattern=LOCATION_PATTERN.pattern, max_length=64)]
 MinPosition = Annotated[
     int | None,
@@ -59,6 +66,13 @@ async def _await_view(pool: Any, view: str, min_position: int | None) -> None:
         delay = min(delay * 2, 0.1)
 
 
+def _iso_8601(value: object) -> object:
+    # pydantic would also read a bare number as seconds since 1970; only ISO 8601 is documented.
+    if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-27T10:00:00Z")
+    return value
+
+
 def _not_found(detail: str) -> ApiProblem:
     return ApiProblem(404, "not-found", detail)
 
@@ -80,7 +94,7 @@ async def get_channel_availability(
     _: ReadAccess,
     pool: ReadPoolDep,
     channel: Annotated[str, Query(pattern=CHANNEL_PATTERN.pattern)],
-    sku: Annotated[list[str], Query(min_length=1, max_length=MAX_BULK_SKUS)],
+    sku: Annotated[list[SkuItem], Query(min_length=1, max_length=MAX_BULK_SKUS)],
     min_position: MinPosition = None,
 ) -> dict[str, Any]:
     # fullmatch: ``$`` alone would let a trailing newline through.
@@ -145,7 +159,7 @@ async def get_stock_history(
     _: ReadAccess,
     pool: ReadPoolDep,
     ledger: LedgerDep,
-    as_of: datetime | None = None,
+    as_of: Annotated[datetime | None, BeforeValidator(_iso_8601)] = None,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=events.MAX_PAGE)] = 100,
 ) -> dict[str, Any]:
