@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
@@ -37,6 +38,14 @@ class LedgerMemoryRecorder(POPOApplicationRecorder):
                 )
         self._notify_listeners()
         return positions
+
+    def select_existing_ids(self, aggregate_ids: Sequence[UUID]) -> set[UUID]:
+        with self._database_lock:
+            return {
+                aggregate_id
+                for aggregate_id in aggregate_ids
+                if self._stored_events_index.get(str(aggregate_id))
+            }
 
     def select_idempotency_records(self, keys: Sequence[str]) -> Mapping[str, IdempotencyRecord]:
         with self._database_lock:

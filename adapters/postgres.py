@@ -21,6 +21,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
+from uuid import UUID
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import (
@@ -81,15 +82,22 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         table = Identifier(self.datastore.schema, self.events_table_name)
         keys = Identifier(self.datastore.schema, "idempotency_keys")
+        # Events and keys in one statement: each key's position is its command's last event's.
         self._insert_batch = SQL(
-            "INSERT INTO {} (originator_id, originator_version, topic, state) "
+            "WITH ev AS (INSERT INTO {events} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
-            "RETURNING notification_id"
+            "RETURNING notification_id, originator_id, originator_version), "
+            "ks AS (INSERT INTO {keys} (key, fingerprint, response, position) "
+            "SELECT k.key, k.fingerprint, k.response, ev.notification_id "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::uuid[], %s::bigint[]) "
+            "AS k(key, fingerprint, response, last_id, last_version) "
+            "LEFT JOIN ev "
+            "ON ev.originator_id = k.last_id AND ev.originator_version = k.last_version) "
+            "SELECT notification_id FROM ev ORDER BY notification_id"
+        ).format(events=table, keys=keys)
+        self._select_existing = SQL(
+            "SELECT originator_id FROM {} WHERE originator_id = ANY(%s) AND originator_version = 1"
         ).format(table)
-        self._insert_keys = SQL(
-            "INSERT INTO {} (key, fingerprint, response, position) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
-        ).format(keys)
         self._select_keys = SQL(
             "SELECT key, fingerprint, response, position FROM {} WHERE key = ANY(%s)"
         ).format(keys)
@@ -100,7 +108,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     def insert_events_with_keys(
         self, stored_events: Sequence[StoredEvent], claims: Sequence[IdempotencyClaim]
     ) -> Sequence[int]:
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+        # Pipelined: the lock, the notify and the insert go to the server in one round trip.
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
             if stored_events:
                 self._lock_table(curs)
             return self._insert_with_keys(curs, stored_events, claims)
@@ -121,35 +135,35 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         claims: Sequence[IdempotencyClaim],
     ) -> Sequence[int]:
-        positions: list[int] = []
+        if not stored_events and not claims:
+            return []
         if stored_events:
             self._notify_channel(curs)
-            curs.execute(
-                self._insert_batch,
-                (
-                    [event.originator_id for event in stored_events],
-                    [event.originator_version for event in stored_events],
-                    [event.topic for event in stored_events],
-                    [event.state for event in stored_events],
-                ),
-            )
-            positions = [row["notification_id"] for row in curs.fetchall()]
-        if claims:
-            curs.execute(
-                self._insert_keys,
-                (
-                    [claim.key for claim in claims],
-                    [claim.fingerprint for claim in claims],
-                    [claim.response for claim in claims],
-                    [
-                        positions[claim.last_event_index]
-                        if claim.last_event_index is not None
-                        else None
-                        for claim in claims
-                    ],
-                ),
-            )
-        return positions
+        last = [
+            stored_events[claim.last_event_index] if claim.last_event_index is not None else None
+            for claim in claims
+        ]
+        curs.execute(
+            self._insert_batch,
+            (
+                [event.originator_id for event in stored_events],
+                [event.originator_version for event in stored_events],
+                [event.topic for event in stored_events],
+                [event.state for event in stored_events],
+                [claim.key for claim in claims],
+                [claim.fingerprint for claim in claims],
+                [claim.response for claim in claims],
+                [event.originator_id if event else None for event in last],
+                [event.originator_version if event else None for event in last],
+            ),
+        )
+        return [row["notification_id"] for row in curs.fetchall()]
+
+    def select_existing_ids(self, aggregate_ids: Sequence[UUID]) -> set[UUID]:
+        # Version 1 exists for every aggregate that exists: one primary-key probe each.
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_existing, (list(aggregate_ids),))
+            return {row["originator_id"] for row in curs.fetchall()}
 
     def select_idempotency_records(self, keys: Sequence[str]) -> Mapping[str, IdempotencyRecord]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:

@@ -75,6 +75,9 @@ class Command:
     run: Callable[[Scope], dict[str, Any]]
     metadata: CommandMetadata
     future: Future[WriteResult] = field(default_factory=Future)
+    # Aggregates the command will read that may not exist yet (a new order): the batch asks the
+    # store about all of them in one query instead of one load each.
+    prefetch: tuple[UUID, ...] = ()
 
 
 class _StaleRead(Exception):
@@ -232,6 +235,23 @@ class GroupCommitter:
         self._remember(aggregate_id, aggregate)
         return aggregate, False
 
+    def _prefetch(self, batch: list[Command]) -> None:
+        """Marks the batch's not-yet-existing aggregates as missing, with one query for all."""
+        unknown = list(
+            {
+                aggregate_id
+                for command in batch
+                for aggregate_id in command.prefetch
+                if aggregate_id not in self._cache
+            }
+        )
+        if not unknown:
+            return
+        existing = self._recorder.select_existing_ids(unknown)
+        for aggregate_id in unknown:
+            if aggregate_id not in existing:
+                self._remember(aggregate_id, None)
+
     def _remember(self, aggregate_id: UUID, aggregate: LedgerAggregate | None) -> None:
         self._cache[aggregate_id] = aggregate
         self._cache.move_to_end(aggregate_id)
@@ -322,6 +342,8 @@ class GroupCommitter:
         """Runs the batch's commands; with ``fresh``, reads every aggregate from the store."""
         keys = sorted({command.key for command in batch if command.key})
         records = self._recorder.select_idempotency_records(keys) if keys else {}
+        if not fresh:
+            self._prefetch(batch)
         state = _BatchState(self, fresh=fresh)
         now = datetime.now(UTC)
         outcomes: list[tuple[Command, _Success | BaseException]] = []

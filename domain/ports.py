@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
@@ -44,6 +45,9 @@ class LedgerRecorder(Protocol):
 
     def max_notification_id(self) -> int | None:
         """The global position of the last recorded event."""
+
+    def select_existing_ids(self, aggregate_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of the given aggregates that have at least one recorded event."""
 
 
 # What a batch prepared for recording: its events and the keys of the commands that made them.

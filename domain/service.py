@@ -541,7 +541,12 @@ class Ledger(Application[UUID]):
             "allow_backorder": allow_backorder,
         }
         return self._execute(
-            "order.place", request, run, context, natural_key=f"order:{channel}:{external_id}"
+            "order.place",
+            request,
+            run,
+            context,
+            natural_key=f"order:{channel}:{external_id}",
+            prefetch=[the_order_id],
         )
 
     def authorize_payment(
@@ -874,6 +879,7 @@ class Ledger(Application[UUID]):
         context: CommandContext | None,
         *,
         natural_key: str | None = None,
+        prefetch: Sequence[UUID] = (),
     ) -> WriteResult:
         context = context or CommandContext()
         key = context.idempotency_key
@@ -895,6 +901,7 @@ class Ledger(Application[UUID]):
                 correlation_id=context.correlation_id or command_id,
                 causation_id=key or command_id,
             ),
+            prefetch=tuple(prefetch),
         )
         future = self.committer.submit(command)
         try:
