@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -9,6 +10,30 @@ from eventsourcing.domain import CanMutateAggregate
 
 from domain.base import LedgerAggregate
 from domain.errors import InsufficientStock, InvalidTransition
+
+BUCKETS = (
+    "available",
+    "reserved",
+    "committed",
+    "damaged",
+    "returned",
+    "in_transit",
+    "safety_stock",
+    "discrepancy",
+)
+# What is physically here: every bucket but goods still on their way, and the threshold.
+ON_HAND_BUCKETS = ("available", "reserved", "committed", "damaged", "returned")
+
+
+def stock_figures(buckets: Mapping[str, int]) -> dict[str, int]:
+    """The buckets with SPEC's derived figures: on_hand and available_to_sell."""
+    available, safety = int(buckets["available"]), int(buckets["safety_stock"])
+    return {
+        "on_hand": sum(int(buckets[name]) for name in ON_HAND_BUCKETS),
+        **{name: int(buckets[name]) for name in BUCKETS if name != "discrepancy"},
+        "available_to_sell": max(0, available - safety),
+        "discrepancy": int(buckets["discrepancy"]),
+    }
 
 
 class StockPosition(LedgerAggregate):
@@ -223,18 +248,7 @@ class StockPosition(LedgerAggregate):
         return max(0, self.available - self.safety_stock)
 
     def buckets(self) -> dict[str, int]:
-        return {
-            "on_hand": self.on_hand,
-            "available": self.available,
-            "reserved": self.reserved,
-            "committed": self.committed,
-            "damaged": self.damaged,
-            "returned": self.returned,
-            "in_transit": self.in_transit,
-            "safety_stock": self.safety_stock,
-            "available_to_sell": self.available_to_sell,
-            "discrepancy": self.discrepancy,
-        }
+        return stock_figures({name: getattr(self, name) for name in BUCKETS})
 
     # --- requests: refused when the stock is not there ---------------------------------------
     def reserve(self, order: str, line: str, quantity: int) -> None:

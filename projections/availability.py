@@ -14,19 +14,9 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from domain.location import Location
-from domain.stock import StockPosition
+from domain.stock import BUCKETS, StockPosition, stock_figures
 from projections.base import Cursor, Projection, Recorded, table
 
-BUCKETS = (
-    "available",
-    "reserved",
-    "committed",
-    "damaged",
-    "returned",
-    "in_transit",
-    "safety_stock",
-    "discrepancy",
-)
 STOCK_EVENTS: tuple[type[Any], ...] = tuple(
     value
     for value in vars(StockPosition).values()
@@ -40,20 +30,15 @@ LOCATION_EVENTS: tuple[type[Any], ...] = (Location.Registered, Location.Changed)
 class PositionRow:
     """A view row that stock events can be applied to, as they are to the aggregate."""
 
-    def __init__(self, sku: str, location: str, **buckets: int) -> None:
+    def __init__(self, sku: str, location: str, version: int = 0, **buckets: int) -> None:
         self.sku = sku
         self.location = location
-        self.available = 0
-        self.reserved = 0
-        self.committed = 0
-        self.damaged = 0
-        self.returned = 0
-        self.in_transit = 0
-        self.safety_stock = 0
-        self.discrepancy = 0
-        self.version = 0
-        for name, value in buckets.items():
-            setattr(self, name, value)
+        self.version = version
+        for name in BUCKETS:
+            setattr(self, name, buckets.get(name, 0))
+
+    def figures(self) -> dict[str, int]:
+        return stock_figures({name: getattr(self, name) for name in BUCKETS})
 
 
 class AvailabilityProjection(Projection):
@@ -182,22 +167,7 @@ class AvailabilityProjection(Projection):
 
 # --- the read model ----------------------------------------------------------------------------
 def _bucket_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    available = int(row["available"])
-    safety = int(row["safety_stock"])
-    on_hand = available + sum(int(row[b]) for b in ("reserved", "committed", "damaged", "returned"))
-    return {
-        "location": row["location"],
-        "on_hand": on_hand,
-        "available": available,
-        "reserved": int(row["reserved"]),
-        "committed": int(row["committed"]),
-        "damaged": int(row["damaged"]),
-        "returned": int(row["returned"]),
-        "in_transit": int(row["in_transit"]),
-        "safety_stock": safety,
-        "available_to_sell": max(0, available - safety),
-        "discrepancy": int(row["discrepancy"]),
-    }
+    return {"location": row["location"], **stock_figures(row)}
 
 
 async def view_position(connection: AsyncConnection[Any], name: str) -> int:

@@ -138,26 +138,12 @@ async def stock_history(
         last_position = row["notification_id"]
         if row["notification_id"] > after and len(events) < min(limit, MAX_PAGE):
             events.append(describe(row["notification_id"], event))
-    available, safety = row_state.available, row_state.safety_stock
     state = {
         "sku": sku,
         "location": location,
         "as_of": as_of.isoformat() if as_of else None,
         "position": last_position,
-        "on_hand": available
-        + row_state.reserved
-        + row_state.committed
-        + row_state.damaged
-        + row_state.returned,
-        "available": available,
-        "reserved": row_state.reserved,
-        "committed": row_state.committed,
-        "damaged": row_state.damaged,
-        "returned": row_state.returned,
-        "in_transit": row_state.in_transit,
-        "safety_stock": safety,
-        "available_to_sell": max(0, available - safety),
-        "discrepancy": row_state.discrepancy,
+        **row_state.figures(),
     }
     return {"events": events, "state": state}
 
