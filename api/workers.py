@@ -19,7 +19,7 @@ from api.readiness import CheckResult, ReadinessCheck
 from domain.service import Ledger
 from projections.base import ProjectionWorker
 from projections.orders import unpaid_orders_placed_before
-from projections.registry import all_views
+from projections.registry import VIEW_NAMES, all_views
 
 log = logging.getLogger("stockledger.workers")
 
@@ -48,7 +48,8 @@ def projection_lag_check(pool: Any, ledger: Ledger) -> ReadinessCheck:
             cursor = await connection.execute(
                 "SELECT coalesce(max(notification_id), 0), "
                 "(SELECT coalesce(min(position), 0) FROM projection_positions "
-                " WHERE name IN ('availability', 'orders', 'discrepancies')) FROM ledger_events"
+                " WHERE name = ANY(%s)) FROM ledger_events",
+                (list(VIEW_NAMES),),
             )
             row = await cursor.fetchone()
         head, slowest = (int(row[0]), int(row[1])) if row else (0, 0)
