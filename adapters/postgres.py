@@ -19,11 +19,27 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import select
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+import psycopg
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    PersistenceError,
+    ProgrammingError,
+    StoredEvent,
+)
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
@@ -31,9 +47,10 @@ from eventsourcing.postgres import (
     PostgresFactory,
 )
 from eventsourcing.utils import Environment, EnvType
-from psycopg import Cursor
+from psycopg import Connection, Cursor
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import DictRow
+from psycopg.pq import TransactionStatus
+from psycopg.rows import DictRow, dict_row
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import PoolTimeout
 
@@ -101,42 +118,100 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self._select_keys = SQL(
             "SELECT key, fingerprint, response, position FROM {} WHERE key = ANY(%s)"
         ).format(keys)
+        self._writer_lock = threading.RLock()
+        self._writer_connection: Connection[DictRow] | None = None
+        self._writer_depth = 0
 
     select_events = _retried_once(PostgresApplicationRecorder.select_events)
     max_notification_id = _retried_once(PostgresApplicationRecorder.max_notification_id)
 
+    # --- the writer's connection ---------------------------------------------------------------
+    # The ledger has one writer thread (the group committer). It gets a connection of its own
+    # rather than the pool's: a pooled checkout costs a ping round trip (pre-ping), three per
+    # batch, more than the batch's own statements. Instead of a ping, the connection is replaced
+    # when the server has sent something unasked (a terminated backend says so, then closes), and
+    # after any error that broke it; a lost connection is reported like a lost pooled one.
+    @contextmanager
+    def _writer(self) -> Iterator[Connection[DictRow]]:
+        with self._writer_lock:
+            nested = self._writer_depth > 0
+            self._writer_depth += 1
+            try:
+                connection = self._writer_connection
+                if not nested and (connection is None or _needs_replacing(connection)):
+                    self.close_writer()
+                    connection = self._writer_connection = self._connect_writer()
+                assert connection is not None
+                yield connection
+            except psycopg.Error as error:
+                if not nested:
+                    self._recover_writer(error)
+                raise _persistence_error(error) from error
+            finally:
+                self._writer_depth -= 1
+
+    def _connect_writer(self) -> Connection[DictRow]:
+        kwargs = dict(cast(Mapping[str, Any], self.datastore.pool.kwargs))
+        kwargs.pop("row_factory", None)
+        connection = psycopg.Connection.connect(
+            row_factory=dict_row,
+            connect_timeout=max(2, POOL_WAIT_SECONDS),  # libpq's least
+            **kwargs,
+        )
+        self.datastore.after_connect_func()(connection)
+        return connection
+
+    def _recover_writer(self, error: psycopg.Error) -> None:
+        connection = self._writer_connection
+        if connection is None:
+            return
+        lost = isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+        if lost or connection.broken:
+            self.close_writer()
+        elif connection.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                connection.rollback()
+            except psycopg.Error:
+                self.close_writer()
+
+    def close_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer_connection is not None:
+                self._writer_connection.close()
+                self._writer_connection = None
+
+    # --- the writer's statements ---------------------------------------------------------------
     def insert_events_with_keys(
         self, stored_events: Sequence[StoredEvent], claims: Sequence[IdempotencyClaim]
     ) -> Sequence[int]:
-        # Pipelined: the lock, the notify and the insert go to the server in one round trip.
-        with (
-            self.datastore.get_connection() as conn,
-            conn.pipeline(),
-            conn.transaction(),
-            conn.cursor() as curs,
-        ):
-            if stored_events:
-                self._lock_table(curs)
-            return self._insert_with_keys(curs, stored_events, claims)
+        # Pipelined: the lock, the notify, the insert and the commit go to the server in one round
+        # trip; the insert's rows are read after the commit was sent.
+        with self._writer() as conn, conn.pipeline(), conn.cursor() as curs:
+            with conn.transaction():
+                if stored_events:
+                    self._lock_table(curs)
+                inserted = self._send_insert(curs, stored_events, claims)
+            return [row["notification_id"] for row in curs.fetchall()] if inserted else []
 
     def insert_events_with_keys_exclusively(
         self, prepare: Callable[[], PreparedBatch]
     ) -> Sequence[int]:
         # The lock is taken before ``prepare`` reads the aggregates (on other connections: the
         # EXCLUSIVE mode lets reads through), so no other writer commits until this one has.
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+        with self._writer() as conn, conn.cursor() as curs, conn.transaction():
             self._lock_table(curs)
             stored_events, claims = prepare()
-            return self._insert_with_keys(curs, stored_events, claims)
+            inserted = self._send_insert(curs, stored_events, claims)
+            return [row["notification_id"] for row in curs.fetchall()] if inserted else []
 
-    def _insert_with_keys(
+    def _send_insert(
         self,
         curs: Cursor[DictRow],
         stored_events: Sequence[StoredEvent],
         claims: Sequence[IdempotencyClaim],
-    ) -> Sequence[int]:
+    ) -> bool:
         if not stored_events and not claims:
-            return []
+            return False
         if stored_events:
             self._notify_channel(curs)
         last = [
@@ -157,16 +232,16 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 [event.originator_version if event else None for event in last],
             ),
         )
-        return [row["notification_id"] for row in curs.fetchall()]
+        return True
 
     def select_existing_ids(self, aggregate_ids: Sequence[UUID]) -> set[UUID]:
         # Version 1 exists for every aggregate that exists: one primary-key probe each.
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        with self._writer() as conn, conn.cursor() as curs:
             curs.execute(self._select_existing, (list(aggregate_ids),))
             return {row["originator_id"] for row in curs.fetchall()}
 
     def select_idempotency_records(self, keys: Sequence[str]) -> Mapping[str, IdempotencyRecord]:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        with self._writer() as conn, conn.cursor() as curs:
             curs.execute(self._select_keys, (list(keys),))
             return {
                 row["key"]: IdempotencyRecord(
@@ -174,6 +249,35 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 )
                 for row in curs.fetchall()
             }
+
+
+def _needs_replacing(connection: Connection[DictRow]) -> bool:
+    """Whether the idle writer connection is unusable: closed, or the server has sent something
+    unasked (before closing a connection, a terminated backend sends its error)."""
+    if connection.closed or connection.broken:
+        return True
+    readable, _, _ = select.select([connection.fileno()], [], [], 0)
+    return bool(readable)
+
+
+_PERSISTENCE_ERRORS: tuple[tuple[type[psycopg.Error], type[PersistenceError]], ...] = (
+    (psycopg.InterfaceError, InterfaceError),
+    (psycopg.OperationalError, OperationalError),
+    (psycopg.DataError, DataError),
+    (psycopg.IntegrityError, IntegrityError),
+    (psycopg.InternalError, InternalError),
+    (psycopg.ProgrammingError, ProgrammingError),
+    (psycopg.NotSupportedError, NotSupportedError),
+    (psycopg.DatabaseError, DatabaseError),
+)
+
+
+def _persistence_error(error: psycopg.Error) -> PersistenceError:
+    """The error eventsourcing's own connections would raise for ``error``."""
+    for driver_error, persistence_error in _PERSISTENCE_ERRORS:
+        if isinstance(error, driver_error):
+            return persistence_error(str(error))
+    return PersistenceError(str(error))
 
 
 class LedgerPostgresFactory(PostgresFactory):
@@ -184,6 +288,18 @@ class LedgerPostgresFactory(PostgresFactory):
         super().__init__(env)
         # psycopg-pool's own setting; eventsourcing does not pass it through.
         self.datastore.pool.reconnect_timeout = POOL_RECONNECT_SECONDS
+        self._ledger_recorders: list[LedgerPostgresRecorder] = []
+
+    def application_recorder(self) -> ApplicationRecorder:
+        recorder = super().application_recorder()
+        if isinstance(recorder, LedgerPostgresRecorder):
+            self._ledger_recorders.append(recorder)
+        return recorder
+
+    def close(self) -> None:
+        for recorder in self._ledger_recorders:
+            recorder.close_writer()
+        super().close()
 
 
 def ledger_env(database_url: str, **overrides: str) -> dict[str, str]:
