@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
+from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
 
-from domain.ports import IdempotencyClaim, IdempotencyRecord
+from domain.ports import IdempotencyClaim, IdempotencyRecord, KeyAlreadyRecorded
 
 
 class LedgerMemoryRecorder(POPOApplicationRecorder):
@@ -26,7 +26,7 @@ class LedgerMemoryRecorder(POPOApplicationRecorder):
         with self._database_lock:
             taken = [claim.key for claim in claims if claim.key in self._keys]
             if taken:
-                raise IntegrityError(f"idempotency keys already recorded: {taken}")
+                raise KeyAlreadyRecorded(f"idempotency keys already recorded: {taken}")
             positions = list(self._insert_events(stored_events) or [])
             for claim in claims:
                 index = claim.last_event_index

@@ -54,7 +54,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import PoolTimeout
 
-from domain.ports import IdempotencyClaim, IdempotencyRecord, PreparedBatch
+from domain.ports import IdempotencyClaim, IdempotencyRecord, KeyAlreadyRecorded, PreparedBatch
 
 PERSISTENCE_MODULE = "adapters.postgres:LedgerPostgresFactory"
 # The longest anything waits for a database connection (the pools' timeout), in seconds.
@@ -274,6 +274,10 @@ _PERSISTENCE_ERRORS: tuple[tuple[type[psycopg.Error], type[PersistenceError]], .
 
 def _persistence_error(error: psycopg.Error) -> PersistenceError:
     """The error eventsourcing's own connections would raise for ``error``."""
+    if isinstance(error, psycopg.errors.UniqueViolation) and (
+        error.diag.table_name == "idempotency_keys"
+    ):
+        return KeyAlreadyRecorded(str(error))
     for driver_error, persistence_error in _PERSISTENCE_ERRORS:
         if isinstance(error, driver_error):
             return persistence_error(str(error))

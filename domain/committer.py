@@ -12,6 +12,11 @@ only given after checking that the state it was decided on was not stale. When t
 replays keep losing to the other process, the batch is replayed under the store's write lock,
 reading every aggregate fresh, which cannot conflict.
 
+The first attempt at a batch is optimistic: it does not ask the store about idempotency keys or
+new aggregates the cache does not know, and assumes the keys are unused and the aggregates
+absent, as they nearly always are. The store's unique keys check the assumption on insert; when
+it fails, or a command was refused on it, the batch is run again after reading them.
+
 When the store cannot be reached, the batch fails (``LedgerUnavailable``, a 503) as soon as the
 recorder gives up, and so, for ``unreachable_pause`` seconds after, do the batches that follow
 without trying: a caller waits for at most one attempt, never for a queue of them. The next
@@ -26,7 +31,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -53,7 +58,14 @@ from domain.errors import (
     LedgerUnavailable,
     ValidationFailed,
 )
-from domain.ports import ExclusiveLedgerRecorder, IdempotencyClaim, LedgerRecorder, PreparedBatch
+from domain.ports import (
+    ExclusiveLedgerRecorder,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    KeyAlreadyRecorded,
+    LedgerRecorder,
+    PreparedBatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +90,10 @@ class Command:
     # Aggregates the command will read that may not exist yet (a new order): the batch asks the
     # store about all of them in one query instead of one load each.
     prefetch: tuple[UUID, ...] = ()
+
+
+class _Unverified(Exception):
+    """An optimistic attempt's answer rests on an assumption only reading can check."""
 
 
 class _StaleRead(Exception):
@@ -121,9 +137,16 @@ class Scope:
 
 
 class _BatchState:
-    def __init__(self, committer: GroupCommitter, *, fresh: bool = False) -> None:
+    def __init__(
+        self,
+        committer: GroupCommitter,
+        *,
+        fresh: bool = False,
+        assumed_absent: frozenset[UUID] = frozenset(),
+    ) -> None:
         self._committer = committer
         self._fresh = fresh
+        self.assumed_absent = assumed_absent
         self.working: dict[UUID, LedgerAggregate] = {}
         self.base_versions: dict[UUID, int] = {}
         self.from_cache: dict[UUID, int] = {}
@@ -131,6 +154,8 @@ class _BatchState:
     def load(self, aggregate_id: UUID) -> LedgerAggregate | None:
         if aggregate_id in self.working:
             return self.working[aggregate_id]
+        if aggregate_id in self.assumed_absent:
+            return None  # not cached either: whether it exists is only known once it commits
         # Fresh reads go to the store once per batch; the cache then holds what they read.
         refresh = self._fresh and aggregate_id not in self.base_versions
         aggregate, cached = self._committer.lookup(aggregate_id, fresh=refresh)
@@ -280,18 +305,30 @@ class GroupCommitter:
         if time.monotonic() < self._unreachable_until:
             self._fail(batch, LedgerUnavailable("the event store is unreachable"))
             return
-        for attempt in range(1, self._max_attempts + 1):
+        optimistic = True
+        attempt = 1
+        while attempt <= self._max_attempts:
             try:
                 self._attempt(
                     batch,
                     verify_refusals=attempt < self._max_attempts,
                     exclusive=attempt > self._optimistic_attempts,
+                    optimistic=optimistic,
                 )
                 return
+            except _Unverified:
+                optimistic = False
+                continue
             except _StaleRead as stale:
                 self.stats["stale_refusals"] += 1
                 self.forget(stale.ids)
+            except KeyAlreadyRecorded:
+                if optimistic:
+                    optimistic = False  # read the keys' records, then answer from them
+                    continue
+                self.stats["conflicts"] += 1  # another process claimed a key meanwhile
             except IntegrityError:
+                optimistic = False  # an aggregate assumed new may exist, so read them next time
                 self.stats["conflicts"] += 1
                 self.forget(self._last_touched)
                 if len(batch) > 1:
@@ -308,6 +345,7 @@ class GroupCommitter:
                 log.exception("writer batch failed")
                 self._fail(batch, error)
                 return
+            attempt += 1
         self._fail(batch, LedgerUnavailable("too many concurrent changes; try again"))
 
     @staticmethod
@@ -317,12 +355,24 @@ class GroupCommitter:
                 command.future.set_exception(error)
 
     def _attempt(
-        self, batch: list[Command], *, verify_refusals: bool, exclusive: bool = False
+        self,
+        batch: list[Command],
+        *,
+        verify_refusals: bool,
+        exclusive: bool = False,
+        optimistic: bool = False,
     ) -> None:
         prepared: list[_Prepared] = []
 
         def prepare() -> PreparedBatch:
-            prepared.append(self._prepare(batch, verify_refusals=verify_refusals, fresh=exclusive))
+            prepared.append(
+                self._prepare(
+                    batch,
+                    verify_refusals=verify_refusals,
+                    fresh=exclusive,
+                    optimistic=optimistic and not exclusive,
+                )
+            )
             return prepared[-1].stored_events, prepared[-1].claims
 
         positions: list[int] = []
@@ -338,13 +388,26 @@ class GroupCommitter:
                 )
         self._complete(batch, prepared[-1], positions)
 
-    def _prepare(self, batch: list[Command], *, verify_refusals: bool, fresh: bool) -> _Prepared:
-        """Runs the batch's commands; with ``fresh``, reads every aggregate from the store."""
-        keys = sorted({command.key for command in batch if command.key})
-        records = self._recorder.select_idempotency_records(keys) if keys else {}
-        if not fresh:
-            self._prefetch(batch)
-        state = _BatchState(self, fresh=fresh)
+    def _prepare(
+        self, batch: list[Command], *, verify_refusals: bool, fresh: bool, optimistic: bool
+    ) -> _Prepared:
+        """Runs the batch's commands; with ``fresh``, reads every aggregate from the store; when
+        ``optimistic``, assumes keys unused and uncached new aggregates absent (see above)."""
+        records: Mapping[str, IdempotencyRecord] = {}
+        assumed_absent: frozenset[UUID] = frozenset()
+        if optimistic:
+            assumed_absent = frozenset(
+                aggregate_id
+                for command in batch
+                for aggregate_id in command.prefetch
+                if aggregate_id not in self._cache
+            )
+        else:
+            keys = sorted({command.key for command in batch if command.key})
+            records = self._recorder.select_idempotency_records(keys) if keys else {}
+            if not fresh:
+                self._prefetch(batch)
+        state = _BatchState(self, fresh=fresh, assumed_absent=assumed_absent)
         now = datetime.now(UTC)
         outcomes: list[tuple[Command, _Success | BaseException]] = []
         stored_events: list[StoredEvent] = []
@@ -376,6 +439,8 @@ class GroupCommitter:
                 with recording_metadata(command.metadata), collecting_events() as events:
                     body = command.run(scope)
             except DomainError as error:
+                if optimistic and (command.key or assumed_absent & scope.read_ids):
+                    raise _Unverified from error  # a recorded answer may be owed instead
                 if verify_refusals and not isinstance(error, ValidationFailed):
                     stale = self._stale_among(state, scope.read_ids)
                     if stale:
@@ -388,6 +453,8 @@ class GroupCommitter:
                 log.exception("command %s failed", command.operation)
                 outcomes.append((command, error))
                 continue
+            if optimistic and (assumed_absent & scope.read_ids) - scope.touched.keys():
+                raise _Unverified  # succeeded on an absence that no insert will check
             for aggregate in scope.touched.values():
                 aggregate.collect_events()
             state.absorb(scope)

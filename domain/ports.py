@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+
+class KeyAlreadyRecorded(IntegrityError):
+    """An insert failed because one of its idempotency keys is already recorded."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,10 @@ class LedgerRecorder(Protocol):
     def insert_events_with_keys(
         self, stored_events: Sequence[StoredEvent], claims: Sequence[IdempotencyClaim]
     ) -> Sequence[int]:
-        """Inserts the events and the keys in one transaction; returns the events' positions."""
+        """Inserts the events and the keys in one transaction; returns the events' positions.
+
+        Raises ``KeyAlreadyRecorded`` when a key exists, ``IntegrityError`` when an event's
+        (aggregate, version) does; nothing is inserted then."""
 
     def select_idempotency_records(self, keys: Sequence[str]) -> Mapping[str, IdempotencyRecord]:
         """Returns the stored records of those keys that exist."""
