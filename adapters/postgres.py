@@ -21,6 +21,7 @@ import functools
 import inspect
 import select
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar, cast
@@ -63,6 +64,10 @@ POOL_WAIT_SECONDS = 1
 # before it gives up and the next request starts a fresh one. Short, so that once PostgreSQL is
 # back the pools reconnect within a second or two, not after a backoff grown during the outage.
 POOL_RECONNECT_SECONDS = 2.0
+
+# The writer's connection is checked before a batch only after this long unused (see
+# _needs_replacing): the check is a system call, and releases the writer's hold on the GIL.
+WRITER_CHECK_AFTER_IDLE_SECONDS = 0.5
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -121,6 +126,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self._writer_lock = threading.RLock()
         self._writer_connection: Connection[DictRow] | None = None
         self._writer_depth = 0
+        self._writer_used_at = 0.0
 
     select_events = _retried_once(PostgresApplicationRecorder.select_events)
     max_notification_id = _retried_once(PostgresApplicationRecorder.max_notification_id)
@@ -138,11 +144,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             self._writer_depth += 1
             try:
                 connection = self._writer_connection
-                if not nested and (connection is None or _needs_replacing(connection)):
+                idle = time.monotonic() - self._writer_used_at
+                if not nested and (connection is None or _needs_replacing(connection, idle)):
                     self.close_writer()
                     connection = self._writer_connection = self._connect_writer()
                 assert connection is not None
                 yield connection
+                self._writer_used_at = time.monotonic()
             except psycopg.Error as error:
                 if not nested:
                     self._recover_writer(error)
@@ -218,6 +226,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             stored_events[claim.last_event_index] if claim.last_event_index is not None else None
             for claim in claims
         ]
+        # Binary parameters: text arrays escape every element with a regular expression.
         curs.execute(
             self._insert_batch,
             (
@@ -231,6 +240,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 [event.originator_id if event else None for event in last],
                 [event.originator_version if event else None for event in last],
             ),
+            binary=True,
         )
         return True
 
@@ -251,11 +261,15 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             }
 
 
-def _needs_replacing(connection: Connection[DictRow]) -> bool:
-    """Whether the idle writer connection is unusable: closed, or the server has sent something
-    unasked (before closing a connection, a terminated backend sends its error)."""
+def _needs_replacing(connection: Connection[DictRow], idle_seconds: float) -> bool:
+    """Whether the writer connection is unusable: closed, or, after a pause, the server has sent
+    something unasked (before closing a connection, a terminated backend sends its error). A
+    connection in steady use is not checked: one that died since its last batch fails the next
+    one, which is answered as an outage, and is then replaced."""
     if connection.closed or connection.broken:
         return True
+    if idle_seconds < WRITER_CHECK_AFTER_IDLE_SECONDS:
+        return False
     readable, _, _ = select.select([connection.fileno()], [], [], 0)
     return bool(readable)
 

@@ -73,9 +73,7 @@ class LedgerAggregate(Aggregate):
     class Created(Event, Aggregate.Created):
         pass
 
-    def trigger_event(
-        self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any
-    ) -> None:
+    def trigger_event(self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any) -> None:
         metadata = _current_metadata.get()
         kwargs.setdefault("correlation_id", metadata.correlation_id)
         kwargs.setdefault("causation_id", metadata.causation_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from uuid import UUID, uuid5
 
 from domain.errors import ValidationFailed
@@ -66,10 +67,13 @@ def check_delta(delta: int) -> int:
     return delta
 
 
+# Ids are derived on every command (uuid5 hashes SHA-1); the hot ones are few enough to keep.
+@lru_cache(maxsize=100_000)
 def position_id(sku: str, location: str) -> UUID:
     return uuid5(NAMESPACE, f"stock:{sku}@{location}")
 
 
+@lru_cache(maxsize=10_000)
 def location_id(code: str) -> UUID:
     return uuid5(NAMESPACE, f"location:{code}")
 

@@ -78,9 +78,7 @@ class Location(LedgerAggregate):
         self.priority = priority
         self.external_ids = dict(external_ids)
 
-    def trigger_event(
-        self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any
-    ) -> None:
+    def trigger_event(self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any) -> None:
         super().trigger_event(event_class, code=self.code, **kwargs)
 
     @property

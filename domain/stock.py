@@ -233,9 +233,7 @@ class StockPosition(LedgerAggregate):
         self.safety_stock = 0
         self.discrepancy = 0
 
-    def trigger_event(
-        self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any
-    ) -> None:
+    def trigger_event(self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any) -> None:
         super().trigger_event(event_class, sku=self.sku, location=self.location, **kwargs)
 
     # --- derived figures -------------------------------------------------------------------
