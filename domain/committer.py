@@ -17,12 +17,6 @@ new aggregates the cache does not know, and assumes the keys are unused and the 
 absent, as they nearly always are. The store's unique keys check the assumption on insert; when
 it fails, or a command was refused on it, the batch is run again after reading them.
 
-The writer does not wait for a batch to commit before running the next one: a second thread
-(the committer) records what the writer prepared, merging the batches that queued meanwhile
-into one transaction, and answers their callers only once committed. The next batch runs
-against the state the batches still in flight will leave; when one of them fails, it and every
-batch after it are run again, one at a time as described above, against what was committed.
-
 When the store cannot be reached, the batch fails (``LedgerUnavailable``, a 503) as soon as the
 recorder gives up, and so, for ``unreachable_pause`` seconds after, do the batches that follow
 without trying: a caller waits for at most one attempt, never for a queue of them. The next
@@ -33,14 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -109,7 +102,6 @@ class _StaleRead(Exception):
 
 
 _MISSING = object()
-_WAKE = object()  # a failed commit wakes the writer to run its batches again
 
 
 class Scope:
@@ -128,8 +120,7 @@ class Scope:
         current = self.peek(aggregate_id)
         if current is None:
             return None
-        # A pickle round trip copies an aggregate in half the time deepcopy takes.
-        copy: LedgerAggregate = pickle.loads(pickle.dumps(current, pickle.HIGHEST_PROTOCOL))
+        copy = current.clone()
         self.touched[aggregate_id] = copy
         return copy
 
@@ -187,13 +178,6 @@ class _Success:
     replayed: bool = False
 
 
-def _shifted(claim: IdempotencyClaim, offset: int) -> IdempotencyClaim:
-    """The claim with its event index counted from ``offset`` events earlier."""
-    if claim.last_event_index is None or offset == 0:
-        return claim
-    return replace(claim, last_event_index=claim.last_event_index + offset)
-
-
 @dataclass
 class _Prepared:
     """A batch run against the aggregates, ready to record."""
@@ -220,7 +204,6 @@ class GroupCommitter:
         max_attempts: int = 6,
         optimistic_attempts: int = 2,
         unreachable_pause: float = 0.5,
-        max_in_flight: int = 4,
     ) -> None:
         self._recorder = recorder
         self._mapper = mapper
@@ -234,21 +217,8 @@ class GroupCommitter:
         self._optimistic_attempts = optimistic_attempts
         self._unreachable_pause = unreachable_pause
         self._unreachable_until = 0.0
-        self._queue: queue.SimpleQueue[Command | object | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-        self._committer = threading.Thread(
-            target=self._commit_loop, name="ledger-committer", daemon=True
-        )
-        # Batches prepared, not yet committed; the aggregates as they will leave them.
-        self._in_flight: queue.Queue[tuple[list[Command], _Prepared] | None] = queue.Queue(
-            maxsize=max_in_flight
-        )
-        self._in_flight_count = 0
-        self._settled = threading.Condition()
-        self._pending: dict[UUID, LedgerAggregate | None] = {}
-        self._failed = threading.Event()
-        self._to_redo: list[tuple[list[tuple[list[Command], _Prepared]], Exception | None]] = []
-        self._state_lock = threading.RLock()
         self._started = False
         self._start_lock = threading.Lock()
         self._last_touched: list[UUID] = []
@@ -259,7 +229,6 @@ class GroupCommitter:
         if not self._started:
             with self._start_lock:
                 if not self._started:
-                    self._committer.start()
                     self._thread.start()
                     self._started = True
         self._queue.put(command)
@@ -272,24 +241,17 @@ class GroupCommitter:
 
     def forget(self, aggregate_ids: Iterable[UUID]) -> None:
         """Drops cached aggregates (tests and tools that write behind the service's back)."""
-        with self._state_lock:
-            for aggregate_id in aggregate_ids:
-                self._cache.pop(aggregate_id, None)
+        for aggregate_id in aggregate_ids:
+            self._cache.pop(aggregate_id, None)
 
     # --- cache ------------------------------------------------------------------------------
     def lookup(
         self, aggregate_id: UUID, *, fresh: bool = False
     ) -> tuple[LedgerAggregate | None, bool]:
-        """The aggregate as the batches in flight will leave it, else as committed."""
-        if not fresh:
-            with self._state_lock:
-                found = self._pending.get(aggregate_id, _MISSING)
-                if found is _MISSING:
-                    found = self._cache.get(aggregate_id, _MISSING)
-                    if found is not _MISSING:
-                        self._cache.move_to_end(aggregate_id)
-                if found is not _MISSING:
-                    return found, True  # type: ignore[return-value]
+        cached = _MISSING if fresh else self._cache.get(aggregate_id, _MISSING)
+        if cached is not _MISSING:
+            self._cache.move_to_end(aggregate_id)
+            return cached, True  # type: ignore[return-value]
         try:
             aggregate: LedgerAggregate | None = self._repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -315,173 +277,35 @@ class GroupCommitter:
                 self._remember(aggregate_id, None)
 
     def _remember(self, aggregate_id: UUID, aggregate: LedgerAggregate | None) -> None:
-        with self._state_lock:
-            self._cache[aggregate_id] = aggregate
-            self._cache.move_to_end(aggregate_id)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache[aggregate_id] = aggregate
+        self._cache.move_to_end(aggregate_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     # --- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            batch: list[Command] = []
-            for item in self._waiting(first):
-                if item is None:
-                    stopping = True
-                elif isinstance(item, Command):
-                    batch.append(item)
-            self._redo_failed()
-            if batch:
-                self._run_ahead(batch)
-        self._settle()
-        self._redo_failed()
-        self._in_flight.put(None)
-        self._committer.join(timeout=10)
-
-    def _waiting(self, first: Command | object | None) -> Iterable[Command | object | None]:
-        yield first
-        taken = 1
-        while first is not None and taken < self._max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            yield item
-            if item is None:
-                return
-            taken += 1
-
-    def _run_ahead(self, batch: list[Command]) -> None:
-        """Prepares the batch against the state in flight and queues it for the committer."""
-        if time.monotonic() < self._unreachable_until:
-            self._fail(batch, LedgerUnavailable("the event store is unreachable"))
-            return
-        try:
-            prepared = self._prepare(batch, verify_refusals=True, fresh=False, optimistic=True)
-        except Exception:
-            # Whatever it was (a refusal to verify, a stale read, a failing store), the careful
-            # path knows what to do, given only what was committed.
-            self._settle()
-            self._redo_failed()
-            self._process(batch)
-            return
-        with self._state_lock:
-            self._pending.update(prepared.state.working)
-        with self._settled:
-            self._in_flight_count += 1
-        self._in_flight.put((batch, prepared))
-
-    def _settle(self) -> None:
-        """Waits until every batch in flight is committed or handed back."""
-        with self._settled:
-            self._settled.wait_for(lambda: self._in_flight_count == 0)
-        with self._state_lock:
-            self._pending.clear()
-
-    def _redo_failed(self) -> None:
-        """Runs again, one at a time, the batches after a failed commit (that one included)."""
-        if not self._failed.is_set():
-            return
-        self._settle()
-        with self._state_lock:
-            groups, self._to_redo = self._to_redo, []
-        self._failed.clear()
-        for group, error in groups:
-            self._redo(group, error)
-
-    def _redo(self, group: list[tuple[list[Command], _Prepared]], error: Exception | None) -> None:
-        """Runs a group's batches again; ``error`` is why its commit failed (None when it was
-        not tried), handled as the careful path handles its own first attempt failing."""
-        batches = [batch for batch, _ in group]
-        if error is None:
-            for batch in batches:
-                self._process(batch)
-        elif isinstance(error, KeyAlreadyRecorded):
-            for batch in batches:
-                self._process(batch, optimistic=False)
-        elif isinstance(error, IntegrityError):
-            self.stats["conflicts"] += 1
-            self.forget(
-                aggregate_id for _, prepared in group for aggregate_id in prepared.state.working
-            )
-            for batch in batches:
-                self._process(batch, first_attempt=2, optimistic=False)
-        elif isinstance(error, PersistenceError):
-            for batch in batches:
-                self._fail_unavailable(batch, error)
-        else:
-            log.error("writer batch failed", exc_info=error)
-            for batch in batches:
-                self._fail(batch, error)
-
-    # --- the committer thread -------------------------------------------------------------------
-    def _commit_loop(self) -> None:
         while True:
-            first = self._in_flight.get()
+            first = self._queue.get()
             if first is None:
                 return
-            group = [first]
-            stopping = False
-            while True:
+            batch = [first]
+            while len(batch) < self._max_batch:
                 try:
-                    item = self._in_flight.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    stopping = True
-                    break
-                group.append(item)
-            try:
-                self._commit_group(group)
-            finally:
-                with self._settled:
-                    self._in_flight_count -= len(group)
-                    self._settled.notify_all()
-            if stopping:
-                return
+                if nxt is None:
+                    self._process(batch)
+                    return
+                batch.append(nxt)
+            self._process(batch)
 
-    def _commit_group(self, group: list[tuple[list[Command], _Prepared]]) -> None:
-        """Records the prepared batches in one transaction, then answers their callers."""
-        error: Exception | None = None
-        if not self._failed.is_set():
-            events: list[StoredEvent] = []
-            claims: list[IdempotencyClaim] = []
-            offsets = []
-            for _, prepared in group:
-                offsets.append(len(events))
-                claims.extend(_shifted(claim, len(events)) for claim in prepared.claims)
-                events.extend(prepared.stored_events)
-            try:
-                positions = (
-                    list(self._recorder.insert_events_with_keys(events, claims))
-                    if events or claims
-                    else []
-                )
-            except Exception as failure:
-                error = failure
-            else:
-                for (batch, prepared), offset in zip(group, offsets, strict=True):
-                    count = len(prepared.stored_events)
-                    try:
-                        self._complete(batch, prepared, positions[offset : offset + count])
-                    except Exception as error:  # a defect: keep the committer alive
-                        log.exception("answering a committed batch failed")
-                        self._fail(batch, error)
-                return
-        with self._state_lock:
-            self._to_redo.append((group, error))
-        self._failed.set()
-        self._queue.put(_WAKE)
-
-    def _process(
-        self, batch: list[Command], *, first_attempt: int = 1, optimistic: bool = True
-    ) -> None:
+    def _process(self, batch: list[Command]) -> None:
         if time.monotonic() < self._unreachable_until:
             self._fail(batch, LedgerUnavailable("the event store is unreachable"))
             return
-        attempt = first_attempt
+        optimistic = True
+        attempt = 1
         while attempt <= self._max_attempts:
             try:
                 self._attempt(
@@ -512,7 +336,9 @@ class GroupCommitter:
                         self._process([command])
                     return
             except PersistenceError as error:
-                self._fail_unavailable(batch, error)
+                if isinstance(error, OperationalError | InterfaceError):
+                    self._unreachable_until = time.monotonic() + self._unreachable_pause
+                self._fail(batch, LedgerUnavailable(f"the event store is unavailable: {error}"))
                 return
             except Exception as error:  # a defect: fail these commands, keep the writer alive
                 log.exception("writer batch failed")
@@ -520,11 +346,6 @@ class GroupCommitter:
                 return
             attempt += 1
         self._fail(batch, LedgerUnavailable("too many concurrent changes; try again"))
-
-    def _fail_unavailable(self, batch: list[Command], error: PersistenceError) -> None:
-        if isinstance(error, OperationalError | InterfaceError):
-            self._unreachable_until = time.monotonic() + self._unreachable_pause
-        self._fail(batch, LedgerUnavailable(f"the event store is unavailable: {error}"))
 
     @staticmethod
     def _fail(batch: list[Command], error: BaseException) -> None:
@@ -655,11 +476,8 @@ class GroupCommitter:
     def _complete(self, batch: list[Command], prepared: _Prepared, positions: list[int]) -> None:
         """After the batch is recorded: caches its aggregates and answers its callers."""
         state = prepared.state
-        with self._state_lock:
-            for aggregate_id, aggregate in state.working.items():
-                self._remember(aggregate_id, aggregate)
-                if self._pending.get(aggregate_id, _MISSING) is aggregate:
-                    del self._pending[aggregate_id]
+        for aggregate_id, aggregate in state.working.items():
+            self._remember(aggregate_id, aggregate)
         self.stats["batches"] += 1
         self.stats["commands"] += len(batch)
         for command, outcome in prepared.outcomes:

@@ -7,16 +7,15 @@ from typing import Any
 import pytest
 
 from domain.errors import InsufficientStock, NotFound, ValidationFailed
-from domain.keys import order_id
+from domain.keys import order_id, position_id
 from domain.service import FulfillmentLine, Ledger, OrderLine, PosLine, SkuQuantity
+from domain.stock import StockPosition
 
 SKU = "SKU-1"
 
 
 def _reserve(ledger: Ledger, external_id: str, quantity: int, location: str = "WH-A") -> str:
-    result = ledger.place_order(
-        "shopify", external_id, [OrderLine("1", SKU, quantity, location)]
-    )
+    result = ledger.place_order("shopify", external_id, [OrderLine("1", SKU, quantity, location)])
     return str(result.body["order_id"])
 
 
@@ -355,9 +354,7 @@ def test_pos_line_of_zero_is_invalid(shop: Ledger) -> None:
 
 
 # --- discrepancies cleared by a count or a receipt ---------------------------------------------
-def test_receipt_that_covers_the_shortfall_clears_the_discrepancy(
-    shop: Ledger, probe: Any
-) -> None:
+def test_receipt_that_covers_the_shortfall_clears_the_discrepancy(shop: Ledger, probe: Any) -> None:
     shop.record_pos_transaction("T-1", "STORE-1", None, [PosLine(SKU, 3)])
 
     shop.receive(SKU, "STORE-1", 5)
@@ -429,9 +426,7 @@ def test_pos_return_for_inspection_goes_to_returned(shop: Ledger, probe: Any) ->
     assert (received.transaction, received.order, received.quantity) == ("T-9", None, 2)
 
 
-def test_pos_return_restocked_at_the_till_goes_back_to_available(
-    shop: Ledger, probe: Any
-) -> None:
+def test_pos_return_restocked_at_the_till_goes_back_to_available(shop: Ledger, probe: Any) -> None:
     shop.record_pos_transaction("T-9", "STORE-1", None, [PosLine(SKU, -2, "restock")])
 
     buckets = probe.buckets(SKU, "STORE-1")
@@ -577,9 +572,7 @@ def test_stock_write_at_an_unregistered_location_is_not_found(
     assert probe.last() == before
 
 
-@pytest.mark.parametrize(
-    "sku", ["", "A" * 65, "SKU 1", "SKU#1", "SKÜ", "a\nb"], ids=repr
-)
+@pytest.mark.parametrize("sku", ["", "A" * 65, "SKU 1", "SKU#1", "SKÜ", "a\nb"], ids=repr)
 def test_malformed_sku_is_refused(shop: Ledger, probe: Any, sku: str) -> None:
     before = probe.last()
 
@@ -617,3 +610,29 @@ def test_receipt_quantity_must_be_a_positive_integer(
 def test_count_must_not_be_negative(shop: Ledger) -> None:
     with pytest.raises(ValidationFailed):
         shop.count(SKU, "WH-A", -1)
+
+
+# --- copies the writer changes ------------------------------------------------------------------
+def test_a_cloned_position_changes_without_touching_the_original() -> None:
+    original = StockPosition.open(
+        StockPosition.Opened, position_id(SKU, "WH-A"), sku=SKU, location="WH-A"
+    )
+    original.receive(5, "PO-1")
+    original.collect_events()
+    before = (vars(original).copy(), original.version)
+
+    copy = original.clone()
+    copy.reserve("order-1", "1", 2)
+    copy.mark_damaged(1, "dropped")
+
+    assert (vars(original), original.version) == before
+    assert original.available == 5 and copy.available < 5
+    assert copy.collect_events() and not original.collect_events()
+    # Every attribute is immutable but the pending events (which clone copies): a mutable one
+    # added later would be shared between copies, so the shallow clone would have to change.
+    mutable = [
+        name
+        for name, value in vars(original).items()
+        if name != "_pending_events" and isinstance(value, list | dict | set)
+    ]
+    assert mutable == []
