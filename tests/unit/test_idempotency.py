@@ -115,9 +115,7 @@ def test_event_causation_is_the_idempotency_key(shop: Ledger, probe: Any) -> Non
 
     events = probe.events_after(before)
     assert events
-    assert {(event.causation_id, event.correlation_id) for event in events} == {
-        ("rcpt-7", "req-7")
-    }
+    assert {(event.causation_id, event.correlation_id) for event in events} == {("rcpt-7", "req-7")}
 
 
 def test_concurrent_requests_with_one_key_are_recorded_once(shop: Ledger, probe: Any) -> None:
@@ -125,9 +123,7 @@ def test_concurrent_requests_with_one_key_are_recorded_once(shop: Ledger, probe:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(
-            pool.map(
-                lambda _: shop.receive(SKU, "WH-A", 3, context=_key("rcpt-c")), range(16)
-            )
+            pool.map(lambda _: shop.receive(SKU, "WH-A", 3, context=_key("rcpt-c")), range(16))
         )
 
     assert sum(1 for result in results if not result.replayed) == 1

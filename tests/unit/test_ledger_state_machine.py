@@ -809,9 +809,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def pay(self, data: st.DataObject) -> None:
         external_id = self._pick_order(data, _payable)
         the_id = self.model.orders[external_id].the_id
-        self._run(
-            lambda m: m.pay(external_id), lambda: self.ledger.authorize_payment(the_id)
-        )
+        self._run(lambda m: m.pay(external_id), lambda: self.ledger.authorize_payment(the_id))
 
     @precondition(lambda self: self._any_order(_open))
     @rule(data=st.data())

@@ -46,9 +46,7 @@ def test_registering_a_location_records_it(ledger: Ledger, probe: Any) -> None:
     assert not location.serves("amazon")
 
 
-def test_registering_the_same_location_again_records_nothing(
-    ledger: Ledger, probe: Any
-) -> None:
+def test_registering_the_same_location_again_records_nothing(ledger: Ledger, probe: Any) -> None:
     ledger.register_location("WH-A", name="A", kind="warehouse", channels=["shopify"])
     before = probe.last()
 
@@ -60,9 +58,7 @@ def test_registering_the_same_location_again_records_nothing(
 def test_changing_a_location_records_the_change(ledger: Ledger, probe: Any) -> None:
     ledger.register_location("WH-A", name="A", kind="warehouse", channels=["shopify"])
 
-    ledger.register_location(
-        "WH-A", name="A2", kind="store", channels=["pos"], priority=3
-    )
+    ledger.register_location("WH-A", name="A2", kind="store", channels=["pos"], priority=3)
 
     assert probe.types(location_id("WH-A")) == ["Registered", "Changed"]
     location = ledger.get_location("WH-A")
@@ -230,9 +226,7 @@ def test_transfer_needs_two_different_locations(shop: Ledger) -> None:
 
 def test_transfer_line_must_not_repeat_a_sku(shop: Ledger) -> None:
     with pytest.raises(ValidationFailed):
-        shop.dispatch_transfer(
-            "TR-1", "WH-A", "WH-B", [SkuQuantity(SKU, 1), SkuQuantity(SKU, 2)]
-        )
+        shop.dispatch_transfer("TR-1", "WH-A", "WH-B", [SkuQuantity(SKU, 1), SkuQuantity(SKU, 2)])
 
 
 def test_transfer_with_a_malformed_sku_is_invalid(shop: Ledger) -> None:
@@ -276,9 +270,7 @@ def in_transit(shop: Ledger) -> Ledger:
     """TR-1: 5 of SKU-1 and 2 of SKU-2 on their way from WH-A to STORE-1."""
     shop.receive(SKU, "WH-A", 10)
     shop.receive(OTHER, "WH-A", 10)
-    shop.dispatch_transfer(
-        "TR-1", "WH-A", "STORE-1", [SkuQuantity(SKU, 5), SkuQuantity(OTHER, 2)]
-    )
+    shop.dispatch_transfer("TR-1", "WH-A", "STORE-1", [SkuQuantity(SKU, 5), SkuQuantity(OTHER, 2)])
     return shop
 
 
@@ -322,9 +314,7 @@ def test_sku_missing_from_the_receipt_arrived_as_zero(in_transit: Ledger, probe:
     assert (received.expected, received.quantity, received.shortfall) == (2, 0, 2)
 
 
-def test_receipt_with_an_explicit_zero_is_a_full_shortfall(
-    in_transit: Ledger, probe: Any
-) -> None:
+def test_receipt_with_an_explicit_zero_is_a_full_shortfall(in_transit: Ledger, probe: Any) -> None:
     in_transit.receive_transfer("TR-1", [SkuQuantity(SKU, 0), SkuQuantity(OTHER, 2)])
 
     received = probe.position_events(SKU, "STORE-1")[-1]
@@ -351,9 +341,7 @@ def test_receipt_of_a_sku_the_transfer_did_not_carry_is_invalid(
     assert probe.last() == before
 
 
-def test_second_different_receipt_of_a_transfer_is_refused(
-    in_transit: Ledger, probe: Any
-) -> None:
+def test_second_different_receipt_of_a_transfer_is_refused(in_transit: Ledger, probe: Any) -> None:
     in_transit.receive_transfer("TR-1", [SkuQuantity(SKU, 5), SkuQuantity(OTHER, 2)])
     before = probe.last()
 
@@ -388,9 +376,7 @@ def test_transfer_receipt_clears_a_discrepancy_at_the_destination(
     assert (buckets["available"], buckets["discrepancy"]) == (3, 0)
 
 
-def test_transferred_stock_becomes_sellable_at_the_destination(
-    shop: Ledger, probe: Any
-) -> None:
+def test_transferred_stock_becomes_sellable_at_the_destination(shop: Ledger, probe: Any) -> None:
     shop.receive(SKU, "STORE-1", 4)
     shop.dispatch_transfer("TR-9", "STORE-1", "WH-B", [SkuQuantity(SKU, 4)])
 

@@ -192,9 +192,7 @@ def test_priority_not_registration_order_decides_the_source(shop: Ledger) -> Non
     assert _allocations(result.body) == [("WH-0", 2)]
 
 
-def test_line_is_split_across_locations_when_the_first_runs_short(
-    shop: Ledger, probe: Any
-) -> None:
+def test_line_is_split_across_locations_when_the_first_runs_short(shop: Ledger, probe: Any) -> None:
     shop.receive(SKU, "WH-A", 2)
     shop.receive(SKU, "WH-B", 5)
 
@@ -256,9 +254,7 @@ def test_two_lines_of_the_same_sku_share_the_stock(shop: Ledger) -> None:
     shop.receive(SKU, "WH-A", 3)
     shop.receive(SKU, "WH-B", 3)
 
-    result = shop.place_order(
-        "shopify", "1001", [OrderLine("1", SKU, 2), OrderLine("2", SKU, 3)]
-    )
+    result = shop.place_order("shopify", "1001", [OrderLine("1", SKU, 2), OrderLine("2", SKU, 3)])
 
     assert _allocations(result.body, "1") == [("WH-A", 2)]
     assert _allocations(result.body, "2") == [("WH-A", 1), ("WH-B", 2)]
@@ -271,9 +267,7 @@ def test_order_that_cannot_be_fully_reserved_is_refused_whole(shop: Ledger, prob
     before = probe.last()
 
     with pytest.raises(InsufficientStock) as refused:
-        shop.place_order(
-            "shopify", "1001", [OrderLine("1", SKU, 2), OrderLine("2", OTHER, 2)]
-        )
+        shop.place_order("shopify", "1001", [OrderLine("1", SKU, 2), OrderLine("2", OTHER, 2)])
 
     assert refused.value.status == 409
     assert refused.value.slug == "insufficient-stock"
@@ -310,9 +304,7 @@ def test_refused_order_can_be_placed_once_stock_arrives(shop: Ledger) -> None:
 def test_backorder_reserves_what_there_is_and_records_the_rest(shop: Ledger, probe: Any) -> None:
     shop.receive(SKU, "WH-A", 2)
 
-    result = shop.place_order(
-        "shopify", "1001", [OrderLine("1", SKU, 5)], allow_backorder=True
-    )
+    result = shop.place_order("shopify", "1001", [OrderLine("1", SKU, 5)], allow_backorder=True)
 
     line = result.body["lines"][0]
     assert line["allocations"] == [{"location": "WH-A", "quantity": 2}]
@@ -332,9 +324,7 @@ def test_backorder_with_no_stock_at_all_is_accepted(shop: Ledger, probe: Any) ->
     assert probe.types(order_id("shopify", "1001")) == ["Placed", "LinesReserved"]
 
 
-def test_backordered_units_ship_as_a_fact_from_the_named_location(
-    shop: Ledger, probe: Any
-) -> None:
+def test_backordered_units_ship_as_a_fact_from_the_named_location(shop: Ledger, probe: Any) -> None:
     order = _place(shop, "1001", OrderLine("1", SKU, 3, "WH-A"), allow_backorder=True)
     shop.receive(SKU, "WH-A", 3)
     shop.authorize_payment(order)
@@ -488,9 +478,7 @@ def test_fulfillment_at_an_unregistered_location_is_not_found(stocked: Ledger) -
 
 
 # --- cancellation ---------------------------------------------------------------------------------
-def test_cancelling_an_unpaid_order_releases_its_reservations(
-    stocked: Ledger, probe: Any
-) -> None:
+def test_cancelling_an_unpaid_order_releases_its_reservations(stocked: Ledger, probe: Any) -> None:
     order = _place(stocked, "1001", OrderLine("1", SKU, 2), OrderLine("2", OTHER, 3))
 
     result = stocked.cancel_order(order, "customer changed mind")
