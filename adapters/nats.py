@@ -9,16 +9,17 @@ Streams (created or updated at start-up, idempotently, file storage):
 
 **Exactly once in effect.** The event log in PostgreSQL is the outbox: a relay reads the events
 after its recorded position, publishes their messages asynchronously, waits until JetStream has
-acknowledged every one, and only then records the new position (``relay_positions``). A crash
-or a NATS outage anywhere in between leaves the position where it was, so the batch is published
-again; every message carries ``Nats-Msg-Id`` (the posting id, the event id), both derived from
-the source event, so JetStream drops the copies it already stored. That holds as long as the
-republish comes within the streams' ``duplicate_window`` of the first attempt: the window must
-cover the longest time a relay may spend between publishing and recording its position (the
-outage of PostgreSQL it would have to ride out), hence a default of 2 hours rather than NATS's 2
-minutes, and ``STOCKLEDGER_NATS_DUPLICATE_WINDOW`` to change it. Its price is memory on the NATS
-server: one entry per message published in the window. ERP consumers should still treat
-``posting_id`` as their idempotency key, as a second line of defence.
+acknowledged every one, and only then records the new position (``relay_positions``); it reads
+the next batch meanwhile, but sends none of it before. A crash or a NATS outage anywhere in
+between leaves the position where it was, so the batch is published again; every message
+carries ``Nats-Msg-Id`` (the posting id, the event id), both derived from the source event, so
+JetStream drops the copies it already stored. That holds as long as the republish comes within
+the streams' ``duplicate_window`` of the first attempt: the window must cover the longest time a
+relay may spend between publishing and recording its position (the outage of PostgreSQL it
+would have to ride out), hence a default of 2 hours rather than NATS's 2 minutes, and
+``STOCKLEDGER_NATS_DUPLICATE_WINDOW`` to change it. Its price is memory on the NATS server: one
+entry per message published in the window. ERP consumers should still treat ``posting_id`` as
+their idempotency key, as a second line of defence.
 
 **Order.** One relay publishes in log order on one connection, without reconnecting: when the
 connection drops, the relay discards it and starts again from its recorded position on a new
@@ -49,9 +50,9 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import nats
 import psycopg
@@ -63,14 +64,13 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
-    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
@@ -209,15 +209,15 @@ async def connect_nats(url: str, *, name: str, closed: asyncio.Event | None = No
 
 
 # --- what a relay publishes ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Outgoing:
-    """One message for JetStream, from the event at ``position``."""
+class Outgoing(NamedTuple):
+    """One message for JetStream, from the event at ``position`` (a tuple: one is made per
+    message, and a tuple costs a fraction of a frozen dataclass to make)."""
 
     position: int
     subject: str
     msg_id: str
     payload: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str]
 
 
 class RelaySource(ABC):
@@ -332,6 +332,17 @@ class EventStreamSource(RelaySource):
 
 # --- the relay -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class ReadBatch:
+    """The events read after ``start`` and the messages they make."""
+
+    start: int
+    #: where the position moves once every message is acknowledged
+    reached: int
+    events: int
+    messages: list[Outgoing]
+
+
+@dataclass(frozen=True)
 class BatchResult:
     events: int
     published: int
@@ -339,13 +350,40 @@ class BatchResult:
     position: int
 
 
+class _BatchAcks:
+    """Counts the acks JetStream sends to one batch's inbox (one per message, in order)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received = 0
+        self.duplicates = 0
+        self.refusal: str | None = None
+        #: set once every message is acknowledged, or as soon as one is refused
+        self.settled = asyncio.Event()
+
+    async def receive(self, msg: Msg) -> None:
+        self.received += 1
+        try:
+            ack = json.loads(msg.data)
+        except ValueError:  # not an ack but a status: 503 when no stream takes the subject
+            ack = {"error": f"status {(msg.headers or {}).get('Status')}"}
+        if "error" in ack:
+            self.refusal = self.refusal or str(ack["error"])
+            self.settled.set()
+        elif ack.get("duplicate"):
+            self.duplicates += 1
+        if self.received == self.expected:
+            self.settled.set()
+
+
 class RelayProcessor:
-    """Publishes one relay's batches on an autocommit connection and a JetStream context."""
+    """Publishes one relay's batches: reads on an autocommit connection, publishes on a NATS
+    connection to the JetStream streams."""
 
     def __init__(
         self,
         connection: psycopg.AsyncConnection[Any],
-        js: JetStreamContext,
+        client: NatsClient,
         mapper: UUIDMapper,
         source: RelaySource,
         *,
@@ -354,14 +392,27 @@ class RelayProcessor:
         closed: asyncio.Event | None = None,
     ) -> None:
         self.connection = connection
-        self.js = js
+        self.client = client
         self.mapper = mapper
         self.source = source
         self.batch_size = batch_size
         self.ack_timeout = ack_timeout
         self.closed = closed
         topics = source.topics()
-        self._topics = list(topics) if topics is not None else None
+        only_topics = "" if topics is None else "AND topic = ANY(%s) "
+        self._read_query = (
+            "SELECT head.position, e.notification_id, e.originator_id, e.originator_version, "
+            "e.topic, e.state "
+            "FROM (SELECT coalesce(max(notification_id), 0) AS position FROM ledger_events) head "
+            "LEFT JOIN LATERAL (SELECT notification_id, originator_id, originator_version, "
+            "topic, state FROM ledger_events "
+            f"WHERE notification_id > %s AND notification_id <= head.position {only_topics}"
+            "ORDER BY notification_id LIMIT %s) e ON true "
+            "ORDER BY e.notification_id"
+        )
+        self._read_params: tuple[Any, ...] = (
+            (batch_size,) if topics is None else (list(topics), batch_size)
+        )
 
     async def ensure_tracking(self) -> None:
         await self.connection.execute(
@@ -379,57 +430,91 @@ class RelayProcessor:
             raise RelayError(f"relay {self.source.name} has no tracking row")
         return int(_first(row))
 
-    async def run_batch(self) -> BatchResult:
-        """Reads, publishes and records one batch; returns what it did."""
-        start = await self.position()
-        cursor = await self.connection.execute("SELECT max(notification_id) FROM ledger_events")
-        head_row = await cursor.fetchone()
-        head = int(_first(head_row) or 0) if head_row else 0
-        if head <= start:
-            return BatchResult(0, 0, 0, start)
-        query = (
-            "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM ledger_events WHERE notification_id > %s AND notification_id <= %s "
-        )
-        params: list[Any] = [start, head]
-        if self._topics is not None:
-            query += "AND topic = ANY(%s) "
-            params.append(self._topics)
-        query += "ORDER BY notification_id LIMIT %s"
-        params.append(self.batch_size)
-        cursor = await self.connection.execute(query, params)
-        rows = await cursor.fetchall()
-        batch = [Recorded(int(_get(row, 0)), self._decode(row)) for row in rows]
-        messages = await self.source.prepare(self.connection, batch)
-        duplicates = await self.publish(messages)
+    async def catch_up(self) -> AsyncGenerator[BatchResult, None]:
+        """Publishes and records batch after batch up to the log's head, yielding what each did.
+
+        The last batch is short (it may be empty): the relay has caught up. While JetStream
+        acknowledges a full batch, the next one is read and prepared, so that the database round
+        trip, the decoding and the mapping overlap the wait for the acks; its messages are sent
+        only once this batch's position is recorded.
+        """
+        batch = await self.read(await self.position())
+        while True:
+            following: ReadBatch | None = None
+            if batch.events == self.batch_size:
+                duplicates, following = await self._publish_reading_ahead(batch)
+            else:
+                duplicates = await self.publish(batch.messages)
+            if batch.reached > batch.start:
+                await self.record_progress(batch.start, batch.reached, len(batch.messages))
+            yield BatchResult(batch.events, len(batch.messages), duplicates, batch.reached)
+            if following is None:
+                return
+            batch = following
+
+    async def _publish_reading_ahead(self, batch: ReadBatch) -> tuple[int, ReadBatch]:
+        """Publishes a full batch while reading the next; the duplicates and the next batch."""
+        publishing = asyncio.ensure_future(self.publish(batch.messages))
+        reading = asyncio.ensure_future(self.read(batch.reached))
+        try:
+            return await asyncio.gather(publishing, reading)
+        except BaseException:
+            # Neither outlives a failure: the caller starts again on new connections.
+            publishing.cancel()
+            reading.cancel()
+            raise
+
+    async def read(self, start: int) -> ReadBatch:
+        """The events after ``start`` (a batch at most) and their messages."""
+        head, batch = await self._events_after(start)
         # A short batch means every event up to ``head`` has been seen.
-        reached = batch[-1].position if len(batch) == self.batch_size else head
-        await self.record_progress(start, reached, len(messages))
-        return BatchResult(len(batch), len(messages), duplicates, reached)
+        reached = batch[-1].position if len(batch) == self.batch_size else max(start, head)
+        messages = await self.source.prepare(self.connection, batch)
+        return ReadBatch(start, reached, len(batch), messages)
+
+    async def _events_after(self, start: int) -> tuple[int, list[Recorded]]:
+        """The log's head and the decoded events after ``start`` (the rows go with the call)."""
+        # One query, one snapshot: the head comes on every row (on its own when no event
+        # follows ``start``). Binary: the states come as they are stored, not hex-encoded and
+        # decoded again.
+        async with self.connection.cursor(row_factory=tuple_row, binary=True) as cursor:
+            await cursor.execute(self._read_query, (start, *self._read_params))
+            rows = await cursor.fetchall()
+        events = [Recorded(row[1], self._decode(row)) for row in rows if row[1] is not None]
+        return rows[0][0], events
 
     async def publish(self, messages: Sequence[Outgoing]) -> int:
-        """Publishes asynchronously, then waits for every ack; returns how many were duplicates."""
+        """Publishes, then waits until JetStream has acknowledged every message; returns how
+        many were duplicates.
+
+        A batch's messages all ask for their acks on one inbox of the batch's own, where the
+        acks are counted as they come. What goes on the wire is what nats-py's
+        ``publish_async`` sends, but that makes a NUID, a future and callbacks for every
+        message, and so takes twice as long to publish and acknowledge one.
+        """
         if not messages:
             return 0
-        futures: list[asyncio.Future[PubAck]] = []
+        acks = _BatchAcks(len(messages))
+        inbox = self.client.new_inbox()
+        subscription = await self.client.subscribe(inbox, cb=acks.receive)
         try:
             for message in messages:
-                headers = {**message.headers, MSG_ID: message.msg_id}
-                # No wait_stall: the pending limit is twice a batch, so it never stalls, and
-                # nats-py wraps every message in asyncio.wait_for when one is given.
-                futures.append(
-                    await self.js.publish_async(message.subject, message.payload, headers=headers)
+                await self.client.publish(
+                    message.subject,
+                    message.payload,
+                    reply=inbox,
+                    headers={**message.headers, MSG_ID: message.msg_id},
                 )
-            acks = await self._acks(futures)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        return sum(1 for ack in acks if ack.duplicate)
+            await self._settled(acks)
+        finally:
+            # The connection may be gone, and the inbox with it.
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        return acks.duplicates
 
-    async def _acks(self, futures: Sequence[asyncio.Future[PubAck]]) -> list[PubAck]:
-        gathered = asyncio.gather(*futures, return_exceptions=True)
-        waiters: set[asyncio.Future[Any]] = {gathered}
+    async def _settled(self, acks: _BatchAcks) -> None:
+        settled = asyncio.ensure_future(acks.settled.wait())
+        waiters: set[asyncio.Future[Any]] = {settled}
         closed_wait: asyncio.Future[Any] | None = None
         if self.closed is not None:
             closed_wait = asyncio.ensure_future(self.closed.wait())
@@ -439,17 +524,15 @@ class RelayProcessor:
                 waiters, timeout=self.ack_timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            if closed_wait is not None:
-                closed_wait.cancel()
-        if gathered not in done:
-            gathered.cancel()
+            for waiter in waiters:
+                waiter.cancel()
+        if acks.refusal is not None:
+            raise RelayError(f"JetStream refused a message: {acks.refusal}")
+        if settled not in done:
             reason = "the connection closed" if closed_wait in done else "timed out"
-            raise RelayError(f"JetStream did not acknowledge the batch: {reason}")
-        results = gathered.result()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise RelayError(f"JetStream refused a message: {result!r}") from result
-        return [result for result in results if isinstance(result, PubAck)]
+            raise RelayError(
+                f"JetStream acknowledged {acks.received} of {acks.expected} messages: {reason}"
+            )
 
     async def record_progress(self, start: int, reached: int, published: int) -> None:
         """Moves the position, but only from where this batch started (a lost lock shows here)."""
@@ -461,24 +544,12 @@ class RelayProcessor:
         if cursor.rowcount != 1:
             raise RelayError(f"relay {self.source.name}'s position moved under it")
 
-    def _decode(self, row: Any) -> Any:
+    def _decode(self, row: tuple[Any, ...]) -> Any:
         return self.mapper.to_domain_event(
             StoredEvent(
-                originator_id=_get(row, 1),
-                originator_version=_get(row, 2),
-                topic=_get(row, 3),
-                state=bytes(_get(row, 4)),
+                originator_id=row[2], originator_version=row[3], topic=row[4], state=bytes(row[5])
             )
         )
-
-
-_COLUMNS = ("notification_id", "originator_id", "originator_version", "topic", "state")
-
-
-def _get(row: Any, index: int) -> Any:
-    if isinstance(row, Mapping):
-        return row[_COLUMNS[index]]
-    return row[index]
 
 
 def _first(row: Any) -> Any:
@@ -611,11 +682,10 @@ class RelayWorker(_AsyncWorker):
             closed = asyncio.Event()
             client = await connect_nats(self.nats_url, name=self.name, closed=closed)
             try:
-                js = client.jetstream(publish_async_max_pending=self.settings.batch_size * 2)
-                await ensure_streams(js, self.settings.streams)
+                await ensure_streams(client.jetstream(), self.settings.streams)
                 processor = self.processor_class(
                     connection,
-                    js,
+                    client,
                     self.mapper,
                     self.source,
                     batch_size=self.settings.batch_size,
@@ -629,15 +699,17 @@ class RelayWorker(_AsyncWorker):
                 while not self.stopping:
                     if closed.is_set():
                         raise RelayError("the NATS connection closed")
-                    result = await processor.run_batch()
-                    self.published += result.published - result.duplicates
-                    self.duplicates += result.duplicates
-                    if result.events < self.settings.batch_size:
-                        # Idle: wake on the event store's NOTIFY, or after a short wait regardless.
-                        async for _ in connection.notifies(
-                            timeout=self.settings.idle_wait, stop_after=1
-                        ):
-                            pass
+                    async with contextlib.aclosing(processor.catch_up()) as batches:
+                        async for result in batches:
+                            self.published += result.published - result.duplicates
+                            self.duplicates += result.duplicates
+                            if self.stopping:
+                                return
+                    # Caught up: wake on the event store's NOTIFY, or after a short wait regardless.
+                    async for _ in connection.notifies(
+                        timeout=self.settings.idle_wait, stop_after=1
+                    ):
+                        pass
             finally:
                 self.connected = False
                 self.active = False
@@ -1064,11 +1136,10 @@ async def drain_relay(
         closed = asyncio.Event()
         client = await connect_nats(nats_url, name=f"drain-{source.name}", closed=closed)
         try:
-            js = client.jetstream(publish_async_max_pending=settings.batch_size * 2)
-            await ensure_streams(js, settings.streams)
+            await ensure_streams(client.jetstream(), settings.streams)
             processor = RelayProcessor(
                 connection,
-                js,
+                client,
                 mapper,
                 source,
                 batch_size=settings.batch_size,
@@ -1076,14 +1147,13 @@ async def drain_relay(
                 closed=closed,
             )
             await processor.ensure_tracking()
-            events = published = duplicates = 0
-            while True:
-                result = await processor.run_batch()
+            events = published = duplicates = position = 0
+            async for result in processor.catch_up():
                 events += result.events
                 published += result.published
                 duplicates += result.duplicates
-                if result.events < settings.batch_size:
-                    return BatchResult(events, published, duplicates, result.position)
+                position = result.position
+            return BatchResult(events, published, duplicates, position)
         finally:
             with contextlib.suppress(Exception):
                 await client.close()

@@ -18,10 +18,11 @@ from uuid import UUID
 import nats
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 from nats.js.api import StorageType
 
 from adapters.embedded import EmbeddedNats
-from adapters.erp import SCHEMA, posting_id_for
+from adapters.erp import SCHEMA, OrderLookup, posting_id_for, postings_for
 from adapters.nats import (
     ERP_RELAY,
     ERP_STREAM,
@@ -287,3 +288,58 @@ def test_streams_are_created_and_updated_idempotently_with_file_storage(
     assert shorter.duplicate_window == 5400
     updated = asyncio.run(_stream_configs(server.url, shorter))
     assert updated[ERP_STREAM].duplicate_window == pytest.approx(5400)
+
+
+class CountingConnection:
+    """Passes queries to a connection and counts them."""
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self.connection = connection
+        self.queries = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.queries += 1
+        return await self.connection.execute(*args, **kwargs)
+
+
+async def _postings_twice(url: str, mapper: Any) -> tuple[list[Any], int, int]:
+    """The postings of the whole log, computed twice with one lookup, and the queries each took."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT originator_id, originator_version, topic, state FROM ledger_events "
+            "ORDER BY notification_id"
+        )
+        events = [
+            mapper.to_domain_event(StoredEvent(row[0], row[1], row[2], bytes(row[3])))
+            for row in await cursor.fetchall()
+        ]
+        lookup = OrderLookup(mapper)
+        counting = CountingConnection(connection)
+        first = list(await postings_for(counting, lookup, events))  # type: ignore[arg-type]
+        queries = counting.queries
+        again = list(await postings_for(counting, lookup, events))  # type: ignore[arg-type]
+        assert [p.to_json() for p in again if p] == [p.to_json() for p in first if p]
+        return first, queries, counting.queries - queries
+
+
+def test_the_orders_a_batch_ships_are_read_in_one_query_then_from_the_cache(
+    ledger_url: str, ledger: Ledger, names: dict[str, str]
+) -> None:
+    wh, sku = names["wh"], names["sku"]
+    ledger.register_location(wh, name="Warehouse", kind="warehouse", channels=["shopify"])
+    ledger.receive(sku, wh, 10)
+    for number in range(5):
+        order = ledger.place_order(
+            "shopify", f"{names['order']}-{number}", [OrderLine("1", sku, 1)]
+        )
+        order_id = order.body["order_id"]
+        ledger.authorize_payment(order_id)
+        ledger.fulfill_order(order_id, f"F{number}", [FulfillmentLine("1", 1)])
+
+    postings, first, second = asyncio.run(_postings_twice(ledger_url, ledger.mapper))
+    issues = [p for p in postings if p is not None and p.kind == "GOODS_ISSUE"]
+    assert [p.reference.external_order_id for p in issues] == [
+        f"{names['order']}-{number}" for number in range(5)
+    ]
+    assert all(p.reference.channel == "shopify" for p in issues)
+    assert (first, second) == (1, 0), "one query for the five orders, then none"

@@ -158,6 +158,107 @@ def test_relay_killed_between_publish_and_progress_record_republishes_without_a_
     assert len({posting for _, posting in stored}) == 20
 
 
+class FailsSecondBatch(RelayProcessor):
+    """Publishes the second batch, then fails as if its acks never came; the third batch has
+    been read ahead meanwhile."""
+
+    reads: list[int]
+
+    async def read(self, start: int) -> Any:
+        self.reads.append(start)
+        return await super().read(start)
+
+    async def publish(self, messages: Any) -> int:
+        duplicates = await super().publish(messages)
+        if len(self.reads) == 3:
+            raise RelayError("NATS failed the second batch")
+        return duplicates
+
+
+async def _drain_failing(database_url: str, nats_url: str, mapper: Any) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+        client = await nats.connect(nats_url)
+        try:
+            await ensure_streams(client.jetstream())
+            processor = FailsSecondBatch(
+                connection, client, mapper, ErpPostingSource(mapper), batch_size=10
+            )
+            processor.reads = []
+            await processor.ensure_tracking()
+            with pytest.raises(RelayError, match="second batch"):
+                async for _ in processor.catch_up():
+                    pass
+            return processor.reads
+        finally:
+            await client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_read_ahead_is_neither_published_nor_recorded_when_the_batch_before_it_fails(
+    ledger_url: str, stock: Ledger, embedded_nats_factory: Callable[..., EmbeddedNats]
+) -> None:
+    server = embedded_nats_factory()
+    receive_many(stock, 35)
+    expected = expected_postings(ledger_url)
+
+    reads = asyncio.run(_drain_failing(ledger_url, server.url, stock.mapper))
+    # The third batch was read while the second one's acks were awaited.
+    assert reads[1:] == [expected[9][0], expected[19][0]]
+    assert backlog_of(ledger_url).position == expected[9][0], "only the first batch recorded"
+    assert stored_postings(server.url) == expected[:20], "the third batch was never sent"
+
+    result = asyncio.run(
+        drain_relay(ledger_url, server.url, stock.mapper, ErpPostingSource(stock.mapper))
+    )
+    assert (result.published, result.duplicates) == (25, 10)  # the second batch again, deduped
+    assert stored_postings(server.url) == expected, "every posting once, in log order"
+    assert caught_up(ledger_url)
+
+
+async def _ensure_streams(nats_url: str) -> None:
+    client = await nats.connect(nats_url)
+    try:
+        await ensure_streams(client.jetstream())
+    finally:
+        await client.close()
+
+
+async def _publish_without_a_stream(database_url: str, nats_url: str, mapper: Any) -> str:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+        client = await nats.connect(nats_url)
+        try:
+            processor = RelayProcessor(
+                connection, client, mapper, ErpPostingSource(mapper), ack_timeout=3.0
+            )
+            await processor.ensure_tracking()
+            await client.jetstream().delete_stream(ERP_STREAM)
+            with pytest.raises(RelayError) as refused:
+                async for _ in processor.catch_up():
+                    pass
+            return str(refused.value)
+        finally:
+            await client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_message_no_stream_takes_fails_the_batch_and_the_position_stays(
+    ledger_url: str, stock: Ledger, embedded_nats_factory: Callable[..., EmbeddedNats]
+) -> None:
+    server = embedded_nats_factory()
+    asyncio.run(_ensure_streams(server.url))
+    receive_many(stock, 5)
+
+    error = asyncio.run(_publish_without_a_stream(ledger_url, server.url, stock.mapper))
+    assert "refused" in error and "503" in error
+    assert backlog_of(ledger_url).position == 0
+
+    result = asyncio.run(
+        drain_relay(ledger_url, server.url, stock.mapper, ErpPostingSource(stock.mapper))
+    )
+    assert result.published == 5 and caught_up(ledger_url)
+    assert stored_postings(server.url) == expected_postings(ledger_url)
+
+
 @pytest.mark.timeout(90)
 def test_postings_written_while_nats_is_down_arrive_exactly_once_and_in_order(
     ledger_url: str, stock: Ledger, embedded_nats_factory: Callable[..., EmbeddedNats]
