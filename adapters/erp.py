@@ -34,7 +34,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from hashlib import sha1
 from typing import Any, Final, Literal, NamedTuple
 from uuid import UUID
 
@@ -42,7 +41,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 from psycopg import AsyncConnection
 
-from domain.keys import NAMESPACE
+from domain.keys import uuid5_text
 from domain.order import Order
 from domain.stock import StockPosition
 from projections.events import event_id
@@ -196,21 +195,9 @@ _COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"), check_circular=Fa
 
 
 def posting_id_for(source_event_id: UUID | str) -> str:
-    """The posting's id, derived from its source event's id (a UUID, or its canonical text): a
-    republish is a duplicate.
-
-    It is ``str(uuid5(NAMESPACE, f"erp-posting:{source_event_id}"))``, computed without building
-    a ``UUID`` and formatting it back, which cost the relay more than the rest of a posting.
-    """
-    digest = bytearray(sha1(_POSTING_ID_PREFIX + str(source_event_id).encode()).digest()[:16])
-    digest[6] = digest[6] & 0x0F | 0x50  # version 5
-    digest[8] = digest[8] & 0x3F | 0x80  # the RFC 4122 variant
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-#: What uuid5 hashes before the name: the namespace's bytes (and here the name's fixed start).
-_POSTING_ID_PREFIX: Final = NAMESPACE.bytes + b"erp-posting:"
+    """The posting's id, derived from its source event's id (a UUID, or its text): a republish
+    is a duplicate. It is ``str(uuid5(NAMESPACE, f"erp-posting:{source_event_id}"))``."""
+    return uuid5_text(f"erp-posting:{source_event_id}")
 
 
 # --- order facts ---------------------------------------------------------------------------------
@@ -449,7 +436,7 @@ def posting_for(event: Any, order: OrderFacts | None = None) -> Posting | None:
     else:
         return None
 
-    source = str(event_id(event.originator_id, event.originator_version))
+    source = event_id(event.originator_id, event.originator_version)
     occurred_at = _timestamp(event).isoformat()
     return Posting(
         posting_id=posting_id_for(source),

@@ -390,10 +390,15 @@ def find_postgres(workdir: Path, explicit: str | None) -> tuple[str, Any]:
 
 
 def drop_leftover_databases(admin_url: str) -> list[str]:
-    """Drops benchmark databases left by an interrupted run (only ours, by prefix)."""
+    """Drops benchmark databases left by an interrupted run (only ours, by prefix): those nobody
+    is connected to and made over ten minutes ago, so a run going on beside this one keeps its."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", (BENCH_DB_PREFIX + "%",)
+            "SELECT d.datname FROM pg_database d WHERE d.datname LIKE %s "
+            "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) "
+            "AND (pg_stat_file('base/' || d.oid || '/PG_VERSION')).modification "
+            "< now() - interval '10 minutes'",
+            (BENCH_DB_PREFIX + "%",),
         ).fetchall()
     names = [row[0] for row in rows]
     for name in names:

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from domain.keys import NAMESPACE, position_id
+from domain.keys import position_id, uuid5_text
 from domain.location import Location
 from domain.stock import StockPosition
 from projections.availability import PositionRow
@@ -30,9 +30,9 @@ _ENVELOPE_FIELDS = (
 )
 
 
-def event_id(originator_id: UUID, version: int) -> UUID:
-    """A stable id per event: the same on every read and every republish."""
-    return uuid5(NAMESPACE, f"event:{originator_id}:{version}")
+def event_id(originator_id: UUID, version: int) -> str:
+    """A stable id per event (a UUID's text): the same on every read and every republish."""
+    return uuid5_text(f"event:{originator_id}:{version}")
 
 
 def category_of(event: Any) -> str:
@@ -64,7 +64,7 @@ def describe(position: int, event: Any) -> dict[str, Any]:
     timestamp: datetime = event.timestamp
     return {
         "position": position,
-        "id": str(event_id(event.originator_id, event.originator_version)),
+        "id": event_id(event.originator_id, event.originator_version),
         "type": type(event).__name__,
         "aggregate": category_of(event),
         "aggregate_id": str(event.originator_id),
