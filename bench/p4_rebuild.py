@@ -50,8 +50,9 @@ def decode_log(ledger: Ledger, batch: int = BATCH) -> tuple[int, float]:
 
 
 def partial_rebuild(url: str, mapper: Any, events: int) -> int:
-    """The rebuild's main loop over the first ``events`` of the log, into scratch tables (for a
-    profile that does not take as long as the whole rebuild)."""
+    """The rebuild's main loop (the view built in memory, then written) over the first ``events``
+    of the log, into scratch tables (for a profile that does not take as long as the whole
+    rebuild)."""
     projection = AvailabilityProjection()
     tables = {name: f"{name}__profile" for name in projection.tables}
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as connection:
@@ -74,7 +75,7 @@ def partial_rebuild(url: str, mapper: Any, events: int) -> int:
             tables=tables,
             batch_size=BATCH,
         )
-        done = processor.catch_up(stop=events)
+        done = processor.build_in_memory(projection.in_memory(), max_rows=events, stop=events)
         for scratch in tables.values():
             connection.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(scratch)))
         connection.execute("DELETE FROM projection_positions WHERE name = 'bench-profile'")

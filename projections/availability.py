@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
+from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from domain.location import Location
 from domain.stock import BUCKETS, StockPosition, stock_figures
-from projections.base import Cursor, Projection, Recorded, table
+from projections.base import Cursor, InMemoryView, Projection, Recorded, table
 
 STOCK_EVENTS: tuple[type[Any], ...] = tuple(
     value
@@ -25,20 +26,135 @@ STOCK_EVENTS: tuple[type[Any], ...] = tuple(
     and value is not StockPosition.Event
 )
 LOCATION_EVENTS: tuple[type[Any], ...] = (Location.Registered, Location.Changed)
+POSITION_COLUMNS = ("position_id", "sku", "location", *BUCKETS, "version", "updated_position")
 
 
 class PositionRow:
     """A view row that stock events can be applied to, as they are to the aggregate."""
 
-    def __init__(self, sku: str, location: str, version: int = 0, **buckets: int) -> None:
+    # Slots: a rebuild holds every row of the view in memory.
+    __slots__ = ("sku", "location", "version", "updated_position", *BUCKETS)
+
+    def __init__(
+        self,
+        sku: str,
+        location: str,
+        version: int = 0,
+        updated_position: int = 0,
+        **buckets: int,
+    ) -> None:
         self.sku = sku
         self.location = location
         self.version = version
+        self.updated_position = updated_position
         for name in BUCKETS:
             setattr(self, name, buckets.get(name, 0))
 
     def figures(self) -> dict[str, int]:
         return stock_figures({name: getattr(self, name) for name in BUCKETS})
+
+
+class AvailabilityRows(InMemoryView):
+    """Rows of the view as events change them: positions by id, locations by code.
+
+    The live view loads the rows a batch touches into one and upserts them; a rebuild applies
+    the whole log to an empty one and writes it with ``COPY``.
+    """
+
+    def __init__(self, positions: dict[UUID, PositionRow] | None = None) -> None:
+        self.positions = positions if positions is not None else {}
+        self.locations: dict[str, tuple[dict[str, Any], int]] = {}
+
+    def apply(
+        self,
+        position: int,
+        originator_id: UUID,
+        originator_version: int,
+        event_class: type[Any],
+        event: Any,
+    ) -> None:
+        if issubclass(event_class, StockPosition.Event):
+            if issubclass(event_class, StockPosition.Opened):
+                self.positions[originator_id] = PositionRow(event.sku, event.location)
+            row = self.positions[originator_id]
+            # The domain's own rule, whether ``event`` is the event or a stand-in for it.
+            event_class.apply(event, row)
+            row.version = originator_version
+            row.updated_position = position
+        elif issubclass(event_class, (Location.Registered, Location.Changed)):
+            self.locations[event.code] = (
+                {
+                    "code": event.code,
+                    "name": event.name,
+                    "kind": event.kind,
+                    "channels": list(event.channels),
+                    "priority": event.priority,
+                    "external_ids": dict(event.external_ids),
+                },
+                position,
+            )
+
+    def __len__(self) -> int:
+        return len(self.positions) + len(self.locations)
+
+    def write(self, cursor: Cursor, tables: Mapping[str, str]) -> None:
+        with cursor.copy(
+            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                table(tables, "view_availability"),
+                sql.SQL(", ").join(map(sql.Identifier, POSITION_COLUMNS)),
+            )
+        ) as copy:
+            copy.set_types(["uuid", "text", "text", *["int8"] * (len(POSITION_COLUMNS) - 3)])
+            for position_id, row in self.positions.items():
+                copy.write_row(
+                    (position_id, *[getattr(row, column) for column in POSITION_COLUMNS[1:]])
+                )
+        self.upsert_locations(cursor, tables)
+
+    def upsert_positions(self, cursor: Cursor, tables: Mapping[str, str]) -> None:
+        if not self.positions:
+            return
+        rows = list(self.positions.values())
+        values: list[list[Any]] = [
+            list(self.positions),
+            *[[getattr(row, column) for row in rows] for column in POSITION_COLUMNS[1:]],
+        ]
+        types = ["uuid", "text", "text", *["bigint"] * (len(POSITION_COLUMNS) - 3)]
+        statement = sql.SQL(
+            "INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT (position_id) DO UPDATE SET {updates}"
+        ).format(
+            table=table(tables, "view_availability"),
+            columns=sql.SQL(", ").join(map(sql.Identifier, POSITION_COLUMNS)),
+            arrays=sql.SQL(", ").join(sql.SQL(f"%s::{kind}[]") for kind in types),
+            updates=sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(column))
+                for column in POSITION_COLUMNS[3:]
+            ),
+        )
+        cursor.execute(statement, values)
+
+    def upsert_locations(self, cursor: Cursor, tables: Mapping[str, str]) -> None:
+        for details, position in self.locations.values():
+            cursor.execute(
+                sql.SQL(
+                    "INSERT INTO {} (code, name, kind, channels, priority, external_ids, "
+                    "updated_position) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind, "
+                    "channels = EXCLUDED.channels, priority = EXCLUDED.priority, "
+                    "external_ids = EXCLUDED.external_ids, "
+                    "updated_position = EXCLUDED.updated_position"
+                ).format(table(tables, "view_locations")),
+                (
+                    details["code"],
+                    details["name"],
+                    details["kind"],
+                    details["channels"],
+                    details["priority"],
+                    json.dumps(details["external_ids"]),
+                    position,
+                ),
+            )
 
 
 class AvailabilityProjection(Projection):
@@ -47,40 +163,23 @@ class AvailabilityProjection(Projection):
     event_classes: ClassVar[tuple[type[Any], ...]] = STOCK_EVENTS + LOCATION_EVENTS
 
     def process(self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]) -> None:
-        rows = self._load(cursor, batch, tables)
-        changed: dict[Any, int] = {}
-        locations: dict[str, tuple[dict[str, Any], int]] = {}
+        # Every row loaded is touched by the batch, so every row held is written back.
+        rows = AvailabilityRows(self._load(cursor, batch, tables))
         for recorded in batch:
             event = recorded.event
-            if isinstance(event, StockPosition.Event):
-                key = event.originator_id
-                if isinstance(event, StockPosition.Opened):
-                    rows[key] = PositionRow(event.sku, event.location)
-                row = rows[key]
-                event.apply(row)
-                row.version = event.originator_version
-                changed[key] = recorded.position
-            elif isinstance(event, (Location.Registered, Location.Changed)):
-                locations[event.code] = (
-                    {
-                        "code": event.code,
-                        "name": event.name,
-                        "kind": event.kind,
-                        "channels": list(event.channels),
-                        "priority": event.priority,
-                        "external_ids": dict(event.external_ids),
-                    },
-                    recorded.position,
-                )
-        if changed:
-            self._upsert_positions(cursor, tables, rows, changed)
-        if locations:
-            self._upsert_locations(cursor, tables, locations)
+            rows.apply(
+                recorded.position, event.originator_id, event.originator_version, type(event), event
+            )
+        rows.upsert_positions(cursor, tables)
+        rows.upsert_locations(cursor, tables)
+
+    def in_memory(self) -> AvailabilityRows:
+        return AvailabilityRows()
 
     @staticmethod
     def _load(
         cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]
-    ) -> dict[Any, PositionRow]:
+    ) -> dict[UUID, PositionRow]:
         ids = list(
             {
                 r.event.originator_id
@@ -102,67 +201,11 @@ class AvailabilityProjection(Projection):
                 row["sku"],
                 row["location"],
                 version=row["version"],
+                updated_position=row["updated_position"],
                 **{bucket: row[bucket] for bucket in BUCKETS},
             )
             for row in cursor.fetchall()
         }
-
-    @staticmethod
-    def _upsert_positions(
-        cursor: Cursor,
-        tables: Mapping[str, str],
-        rows: dict[Any, PositionRow],
-        changed: dict[Any, int],
-    ) -> None:
-        ids = list(changed)
-        columns = ["position_id", "sku", "location", *BUCKETS, "version", "updated_position"]
-        values: list[list[Any]] = [
-            ids,
-            [rows[i].sku for i in ids],
-            [rows[i].location for i in ids],
-            *[[getattr(rows[i], bucket) for i in ids] for bucket in BUCKETS],
-            [rows[i].version for i in ids],
-            [changed[i] for i in ids],
-        ]
-        types = ["uuid", "text", "text", *["bigint"] * len(BUCKETS), "bigint", "bigint"]
-        statement = sql.SQL(
-            "INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "
-            "ON CONFLICT (position_id) DO UPDATE SET {updates}"
-        ).format(
-            table=table(tables, "view_availability"),
-            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-            arrays=sql.SQL(", ").join(sql.SQL(f"%s::{kind}[]") for kind in types),
-            updates=sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(column))
-                for column in columns[3:]
-            ),
-        )
-        cursor.execute(statement, values)
-
-    @staticmethod
-    def _upsert_locations(
-        cursor: Cursor, tables: Mapping[str, str], locations: dict[str, tuple[dict[str, Any], int]]
-    ) -> None:
-        for details, position in locations.values():
-            cursor.execute(
-                sql.SQL(
-                    "INSERT INTO {} (code, name, kind, channels, priority, external_ids, "
-                    "updated_position) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind, "
-                    "channels = EXCLUDED.channels, priority = EXCLUDED.priority, "
-                    "external_ids = EXCLUDED.external_ids, "
-                    "updated_position = EXCLUDED.updated_position"
-                ).format(table(tables, "view_locations")),
-                (
-                    details["code"],
-                    details["name"],
-                    details["kind"],
-                    details["channels"],
-                    details["priority"],
-                    json.dumps(details["external_ids"]),
-                    position,
-                ),
-            )
 
 
 # --- the read model ----------------------------------------------------------------------------
