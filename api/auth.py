@@ -26,14 +26,16 @@ import hmac
 import logging
 import re
 import tomllib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from api.problems import Forbidden, Unauthorized
@@ -193,37 +195,44 @@ class KeyRing:
 
 
 # --- dependencies ---------------------------------------------------------------------------------
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="An API key: `Authorization: Bearer <key>`.",
-)
+class ApiKey(SecurityBase):
+    """The dependency that identifies the caller by ``Authorization: Bearer <key>`` (401 when
+    it cannot) and, given a scope, lets through only keys holding it (403 otherwise).
 
+    A security scheme itself, rather than a function depending on ``HTTPBearer``: the OpenAPI
+    document shows the same bearer scheme, and FastAPI resolves one dependency per request
+    instead of three, which on a cheap read was a visible share of its time.
+    """
 
-async def authenticate(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    if credentials is None or not credentials.credentials:
-        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-    keyring: KeyRing = request.app.state.keyring
-    principal = keyring.identify(credentials.credentials)
-    if principal is None:
-        raise Unauthorized("the API key is not valid")
-    return principal
+    def __init__(self, scope: Scope | None = None) -> None:
+        self.model = HTTPBearerModel(description="An API key: `Authorization: Bearer <key>`.")
+        self.scheme_name = "HTTPBearer"
+        self.scope = scope
 
-
-def require(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency that lets through only keys holding ``scope`` (or ``admin``)."""
-
-    async def holding_scope(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if not principal.holds(scope):
-            raise Forbidden(f"the API key {principal.name!r} lacks the {scope.value} scope")
+    async def __call__(self, request: Request) -> Principal:
+        scheme, key = get_authorization_scheme_param(request.headers.get("Authorization"))
+        if not key or scheme.lower() != "bearer":
+            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+        keyring: KeyRing = request.app.state.keyring
+        principal = keyring.identify(key)
+        if principal is None:
+            raise Unauthorized("the API key is not valid")
+        if self.scope is not None and not principal.holds(self.scope):
+            raise Forbidden(f"the API key {principal.name!r} lacks the {self.scope.value} scope")
         return principal
 
-    return holding_scope
+
+#: Any valid key, whatever its scopes.
+authenticate = ApiKey()
 
 
-ReadAccess = Annotated[Principal, Depends(require(Scope.READ))]
+def require(scope: Scope) -> ApiKey:
+    """A dependency that lets through only keys holding ``scope`` (or ``admin``)."""
+    return ApiKey(scope)
+
+
+read_access = require(Scope.READ)
+ReadAccess = Annotated[Principal, Depends(read_access)]
 StockWriteAccess = Annotated[Principal, Depends(require(Scope.STOCK_WRITE))]
 OrdersWriteAccess = Annotated[Principal, Depends(require(Scope.ORDERS_WRITE))]
 PosWriteAccess = Annotated[Principal, Depends(require(Scope.POS_WRITE))]

@@ -1,9 +1,9 @@
 """Structured logs: one JSON object per line, carrying the request's correlation id.
 
 ``stockledger serve`` logs through ``JsonLogFormatter`` (see ``log_formatters``), built on
-python-json-logger. While a request is handled, ``CorrelationIdMiddleware`` keeps its request id
-(``X-Request-Id``, which is also the ``correlation_id`` of the events it records) in a context
-variable, and every line logged meanwhile carries it, uvicorn's access line included::
+python-json-logger. While a request is handled, ``api.middleware.RequestMiddleware`` keeps its
+request id (``X-Request-Id``, which is also the ``correlation_id`` of the events it records) in a
+context variable, and every line logged meanwhile carries it, uvicorn's access line included::
 
     {"level": "INFO", "logger": "uvicorn.access", "message": "127.0.0.1:50312 - \\"POST
     /v1/stock/receipts HTTP/1.1\\" 201", "time": "2025-05-04T10:12:33.512+00:00",
@@ -12,10 +12,14 @@ variable, and every line logged meanwhile carries it, uvicorn's access line incl
 
 Secrets stay out: nothing here logs headers, and a ``Bearer`` token that finds its way into a
 message or a traceback (an exception quoting a header, say) is masked before the line is written.
+
+The access line, one per request, is written by a direct path that makes the same object with a
+fraction of the generic formatter's work (it was a tenth of a cheap request's time).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from contextvars import ContextVar
@@ -23,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: The id of the request being handled (None outside a request).
 correlation_id: ContextVar[str | None] = ContextVar("stockledger_correlation_id", default=None)
@@ -35,6 +38,8 @@ _ACCESS_LOGGER = "uvicorn.access"
 
 def redact(text: str) -> str:
     """Masks bearer tokens (API keys) in a log text."""
+    if "bearer" not in text.lower():
+        return text  # the common case, without the regular expression's cost
     return _BEARER.sub(_REDACTED, text)
 
 
@@ -46,47 +51,55 @@ class JsonLogFormatter(JsonFormatter):
         kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
         super().__init__(**kwargs)
 
+    def format(self, record: logging.LogRecord) -> str:
+        if _is_access_line(record):
+            return _format_access_line(record)
+        return super().format(record)
+
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         super().add_fields(log_data, record, message_dict)
         log_data.pop("color_message", None)  # uvicorn's copy of the message with ANSI colours
-        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(
-            timespec="milliseconds"
-        )
+        log_data["time"] = _time(record)
         current = correlation_id.get()
         if current is not None:
             log_data.setdefault("correlation_id", current)
-        args = record.args
-        # uvicorn's access line: client, method, path, HTTP version, status
-        if record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
-            log_data.update(http_method=args[1], http_path=args[2], http_status=args[4])
         for field in ("message", "exc_info", "stack_info"):
             value = log_data.get(field)
             if isinstance(value, str):
                 log_data[field] = redact(value)
 
 
+def _time(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+def _is_access_line(record: logging.LogRecord) -> bool:
+    # uvicorn's access line: client, method, path, HTTP version, status
+    args = record.args
+    return record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5
+
+
+def _format_access_line(record: logging.LogRecord) -> str:
+    """uvicorn's access line: the generic path's fields, and the request's method, path and
+    status as fields of their own (uvicorn never attaches a traceback to one)."""
+    assert isinstance(record.args, tuple)
+    _client, method, path, _http_version, status = record.args
+    line: dict[str, Any] = {
+        "level": record.levelname,
+        "logger": record.name,
+        "message": redact(record.getMessage()),
+        "time": _time(record),
+    }
+    current = correlation_id.get()
+    if current is not None:
+        line["correlation_id"] = current
+    line.update(http_method=method, http_path=redact(str(path)), http_status=status)
+    return json.dumps(line)
+
+
 def log_formatters() -> dict[str, dict[str, Any]]:
     """``logging.config.dictConfig`` formatters replacing uvicorn's ``default`` and ``access``."""
     json_formatter = {"()": f"{JsonLogFormatter.__module__}.{JsonLogFormatter.__qualname__}"}
     return {"default": dict(json_formatter), "access": dict(json_formatter)}
-
-
-class CorrelationIdMiddleware:
-    """Puts the request id (set by ``RequestIdMiddleware``, outside this one) in
-    ``correlation_id`` for the time of the request, so that every log line carries it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id") if scope["type"] == "http" else None
-        if request_id is None:
-            await self.app(scope, receive, send)
-            return
-        token = correlation_id.set(str(request_id))
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            correlation_id.reset(token)

@@ -32,7 +32,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from psycopg import AsyncConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from adapters import exceptions as exception_store
 from adapters.postgres import POOL_WAIT_SECONDS
@@ -70,8 +69,6 @@ UNMATCHED_ROUTE = "unmatched"
 # The whole of a scrape's database reads, and each statement within them.
 DATABASE_READ_TIMEOUT_SECONDS = 4.0
 _STATEMENT_TIMEOUT = "SET LOCAL statement_timeout = '2s'"
-_PROBLEM_MEDIA_TYPE = b"application/problem+json"
-_PROBLEM_BODY_LIMIT = 4096
 # Problem types become label values: only plain slugs, so a label's values stay few.
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,48}$")
 
@@ -109,6 +106,9 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(CommitterCollector(ledger))
+        # The series of each (method, route, status), found once: ``labels()`` takes a lock and
+        # checks its arguments on every call. Few entries: methods, routes and statuses are.
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(
         self,
@@ -120,8 +120,17 @@ class Metrics:
         problem_type: str | None,
         seconds: float,
     ) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_latency.labels(method, route),
+            )
+            self._request_series[key] = series
+        requests, latency = series
+        requests.inc()
+        latency.observe(seconds)
         if command is None:
             return
         outcome = command_outcome(status, problem_type)
@@ -201,59 +210,8 @@ def _operation_id(scope: Scope, route: Any) -> str:
     return str(getattr(route, "name", None) or route.path)
 
 
-class HttpMetricsMiddleware:
-    """Counts and times every request; for writes, the outcome (the problem type of a refusal,
-    read from the small ``application/problem+json`` body as it is sent)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        method = str(scope.get("method", ""))
-        if method not in KNOWN_METHODS:
-            method = "OTHER"
-        status = 500
-        capture = False
-        problem = bytearray()
-
-        async def measuring_send(message: Message) -> None:
-            nonlocal status, capture
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                capture = status >= 400 and method in WRITE_METHODS and _is_problem(message)
-            elif message["type"] == "http.response.body" and capture:
-                room = _PROBLEM_BODY_LIMIT - len(problem)
-                if room > 0:
-                    problem.extend(message.get("body", b"")[:room])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, measuring_send)
-        finally:
-            route, command = route_labels(scope)
-            self.metrics.observe(
-                method=method,
-                route=route,
-                command=command,
-                status=status,
-                problem_type=_problem_type(bytes(problem)) if problem else None,
-                seconds=time.perf_counter() - started,
-            )
-
-
-def _is_problem(message: Message) -> bool:
-    for name, value in message.get("headers", ()):
-        if name.lower() == b"content-type":
-            return bytes(value).startswith(_PROBLEM_MEDIA_TYPE)
-    return False
-
-
-def _problem_type(body: bytes) -> str | None:
+def problem_type(body: bytes) -> str | None:
+    """The ``type`` of a problem+json body, if it has one."""
     try:
         parsed = json.loads(body)
     except ValueError:

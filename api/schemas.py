@@ -1,4 +1,4 @@
-"""Request and response bodies of the write API (SPEC §3), with the contract's field names.
+"""Request and response bodies of the API (SPEC §3), with the contract's field names.
 
 The constraints here are the domain's own (patterns, ranges, line counts), declared again so the
 OpenAPI document shows them and malformed requests stop at 422 before reaching the ledger; the
@@ -263,10 +263,11 @@ class _Written(BaseModel):
     )
 
 
-class StockBuckets(BaseModel):
+class LocationFigures(BaseModel):
+    """A SKU's stock at one location: every bucket, with on_hand and available_to_sell."""
+
     model_config = ConfigDict(extra="allow")
 
-    sku: str
     location: str
     on_hand: int
     available: int
@@ -278,6 +279,10 @@ class StockBuckets(BaseModel):
     safety_stock: int
     available_to_sell: int
     discrepancy: int
+
+
+class StockBuckets(LocationFigures):
+    sku: str
 
 
 class StockPositionOut(StockBuckets, _Written):
@@ -351,3 +356,13 @@ class HealthOut(BaseModel):
 class ReadinessOut(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
+
+
+# Documents the answer; the route sends the view's JSON as it is, not validated through this.
+class SkuAvailabilityOut(BaseModel):
+    """A SKU's stock at every location, and what each channel may sell."""
+
+    sku: str
+    position: int = Field(description="Global position the availability view had reached")
+    locations: list[LocationFigures]
+    channels: dict[str, int] = Field(description="Available-to-sell per channel")

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from psycopg import AsyncConnection, sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from domain.location import Location
 from domain.stock import BUCKETS, StockPosition, stock_figures
@@ -209,10 +209,6 @@ class AvailabilityProjection(Projection):
 
 
 # --- the read model ----------------------------------------------------------------------------
-def _bucket_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"location": row["location"], **stock_figures(row)}
-
-
 async def view_position(connection: AsyncConnection[Any], name: str) -> int:
     cursor = await connection.cursor(row_factory=dict_row).execute(
         "SELECT position FROM projection_positions WHERE name = %s", (name,)
@@ -229,38 +225,62 @@ def _field(row: Any, name: str) -> Any:
 
 async def sku_availability(connection: AsyncConnection[Any], sku: str) -> dict[str, Any]:
     """``GET /v1/availability/{sku}``: every location's buckets and each channel's ATS."""
-    # One statement: the rows and the view's position come from the same snapshot.
-    cursor = await connection.cursor(row_factory=dict_row).execute(
-        "SELECT p.view_position, a.*, l.channels FROM "
+    return (await skus_availability(connection, [sku]))[sku]
+
+
+async def skus_availability(
+    connection: AsyncConnection[Any], skus: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``sku_availability`` of many distinct SKUs in one statement (the API answers concurrent
+    reads together), by SKU."""
+    # One statement: the rows and the view's position come from the same snapshot. Each SKU an
+    # index probe: OFFSET 0 keeps the planner from flattening the lateral subquery into a join,
+    # which it may run as a scan of the whole view (it does while the view has no statistics,
+    # at four times the cost). Plain tuples of just the columns needed: the API's busiest read.
+    buckets = ", ".join(f"a.{bucket}" for bucket in BUCKETS)
+    cursor = await connection.cursor(row_factory=tuple_row).execute(
+        f"SELECT p.view_position, s.sku, a.location, {buckets}, l.channels FROM "
         "(SELECT coalesce((SELECT position FROM projection_positions WHERE name = %s), 0) "
-        "AS view_position) p "
-        "LEFT JOIN view_availability a ON a.sku = %s "
-        "LEFT JOIN view_locations l ON l.code = a.location ORDER BY a.location",
-        (AvailabilityProjection.name, sku),
+        "AS view_position) p CROSS JOIN unnest(%s::text[]) AS s(sku) "
+        "LEFT JOIN LATERAL (SELECT * FROM view_availability WHERE sku = s.sku OFFSET 0) a ON true "
+        "LEFT JOIN view_locations l ON l.code = a.location ORDER BY s.sku, a.location",
+        (AvailabilityProjection.name, list(skus)),
+        prepare=True,
     )
     found = await cursor.fetchall()
-    position = int(found[0]["view_position"]) if found else 0
-    rows = [row for row in found if row["position_id"] is not None]
-    locations = [_bucket_view(row) for row in rows]
-    channels: dict[str, int] = {}
-    for row, view in zip(rows, locations, strict=True):
-        for channel in row["channels"] or []:
+    position = int(found[0][0]) if found else 0
+    answers: dict[str, dict[str, Any]] = {
+        sku: {"sku": sku, "position": position, "locations": [], "channels": {}} for sku in skus
+    }
+    for _, sku, location, *values, location_channels in found:
+        if location is None:
+            continue  # a SKU that is nowhere: its row only carries the position
+        answer = answers[sku]
+        view = {"location": location, **stock_figures(dict(zip(BUCKETS, values, strict=True)))}
+        answer["locations"].append(view)
+        channels = answer["channels"]
+        for channel in location_channels or []:
             channels[channel] = channels.get(channel, 0) + view["available_to_sell"]
-    return {"sku": sku, "position": position, "locations": locations, "channels": channels}
+    return answers
 
 
 async def channel_availability(
     connection: AsyncConnection[Any], channel: str, skus: Sequence[str]
 ) -> dict[str, Any]:
     """``GET /v1/availability?channel=&sku=``: ATS for many SKUs at once, in request order."""
-    cursor = await connection.cursor(row_factory=dict_row).execute(
-        "SELECT a.sku, sum(GREATEST(a.available - a.safety_stock, 0)) AS ats "
+    # One statement, as for one SKU: the figures are never older than the position they claim.
+    cursor = await connection.cursor(row_factory=tuple_row).execute(
+        "SELECT p.view_position, s.sku, s.ats FROM "
+        "(SELECT coalesce((SELECT position FROM projection_positions WHERE name = %s), 0) "
+        "AS view_position) p "
+        "LEFT JOIN (SELECT a.sku, sum(GREATEST(a.available - a.safety_stock, 0)) AS ats "
         "FROM view_availability a JOIN view_locations l ON l.code = a.location "
-        "WHERE a.sku = ANY(%s) AND %s = ANY(l.channels) GROUP BY a.sku",
-        (list(skus), channel),
+        "WHERE a.sku = ANY(%s) AND %s = ANY(l.channels) GROUP BY a.sku) s ON true",
+        (AvailabilityProjection.name, list(skus), channel),
     )
-    found = {row["sku"]: int(row["ats"]) for row in await cursor.fetchall()}
-    position = await view_position(connection, AvailabilityProjection.name)
+    rows = await cursor.fetchall()
+    position = int(rows[0][0]) if rows else 0
+    found = {sku: int(ats) for _, sku, ats in rows if sku is not None}
     return {
         "channel": channel,
         "position": position,

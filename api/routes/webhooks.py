@@ -76,7 +76,7 @@ class WebhookOut(BaseModel):
     )
 
 
-def webhook_secret(settings: SettingsDep) -> str:
+async def webhook_secret(settings: SettingsDep) -> str:
     """The secret deliveries are signed with; 503 before anything else when it is not set."""
     secret = settings.shopify_webhook_secret
     if not secret:
