@@ -17,7 +17,6 @@ eventsourcing's ten times 0.2 s apart, each waiting for the pool (over ten secon
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import select
@@ -161,10 +160,12 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 assert connection is not None
                 yield connection
                 self._writer_used_at = time.monotonic()
-            except psycopg.Error as error:
+            except BaseException as error:
                 if not nested:
                     self._recover_writer(error)
-                raise _persistence_error(error) from error
+                if isinstance(error, psycopg.Error):
+                    raise _persistence_error(error) from error
+                raise
             finally:
                 self._writer_depth -= 1
 
@@ -179,7 +180,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.datastore.after_connect_func()(connection)
         return connection
 
-    def _recover_writer(self, error: psycopg.Error) -> None:
+    def _recover_writer(self, error: BaseException) -> None:
+        """After any failure while the writer used its connection: closes it when it is lost,
+        else rolls back what the failure left open."""
         connection = self._writer_connection
         if connection is None:
             return
@@ -209,14 +212,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             return []
         with self._writer() as conn, conn.cursor() as curs:
             curs.execute(self._begin_and_lock if stored_events else SQL("BEGIN"))
-            try:
-                self._send_insert(curs, stored_events, claims)
-                positions = [row["notification_id"] for row in curs.fetchall()]
-                curs.execute(SQL("COMMIT"))
-            except BaseException:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()  # when the connection is lost, _writer replaces it
-                raise
+            self._send_insert(curs, stored_events, claims)  # on failure, _writer rolls back
+            positions = [row["notification_id"] for row in curs.fetchall()]
+            curs.execute(SQL("COMMIT"))
             return positions
 
     def insert_events_with_keys_exclusively(
