@@ -133,6 +133,17 @@ def table(tables: Mapping[str, str], logical: str) -> sql.Identifier:
     return sql.Identifier(tables[logical])
 
 
+# What every pass over the log reads and writes: the log's head, a page of a view's events
+# after a position (up to a stop), and the view's new position.
+_HEAD_OF_LOG = "SELECT max(notification_id) AS head FROM ledger_events"
+_PAGE_OF_LOG = (
+    "SELECT notification_id, originator_id, originator_version, topic, state "
+    "FROM ledger_events WHERE notification_id > %s AND notification_id <= %s "
+    "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s"
+)
+_SET_POSITION = "UPDATE projection_positions SET position = %s, updated_at = now() WHERE name = %s"
+
+
 class ProjectionProcessor:
     """Moves one view forward, batch by batch, on its own connection."""
 
@@ -172,15 +183,13 @@ class ProjectionProcessor:
             raise RuntimeError(f"view {self.tracking_name} has no tracking row")
         start = int(row["position"])
         if stop is None:
-            cursor.execute("SELECT max(notification_id) AS head FROM ledger_events")
+            cursor.execute(_HEAD_OF_LOG)
             head_row = cursor.fetchone()
             stop = int(head_row["head"] or 0) if head_row else 0
         if stop <= start:
             return 0, start
         cursor.execute(
-            "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM ledger_events WHERE notification_id > %s AND notification_id <= %s "
-            "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s",
+            _PAGE_OF_LOG,
             (start, stop, self._topics, self.batch_size),
         )
         rows = cursor.fetchall()
@@ -203,7 +212,7 @@ class ProjectionProcessor:
         # A short batch means everything up to ``stop`` has been seen.
         reached = batch[-1].position if len(batch) == self.batch_size else stop
         cursor.execute(
-            "UPDATE projection_positions SET position = %s, updated_at = now() WHERE name = %s",
+            _SET_POSITION,
             (reached, self.tracking_name),
         )
         return len(batch), reached
@@ -229,18 +238,14 @@ class ProjectionProcessor:
         """
         fields = StoredFields(self.mapper)
         if stop is None:
-            head_row = self.connection.execute(
-                "SELECT max(notification_id) AS head FROM ledger_events"
-            ).fetchone()
+            head_row = self.connection.execute(_HEAD_OF_LOG).fetchone()
             stop = int(head_row["head"] or 0) if head_row else 0
         applied, reached = 0, 0
         # Pages by position, each its own statement: no snapshot held open for the whole read.
         with self.connection.cursor(binary=True, row_factory=tuple_row) as reader:
             while True:
                 rows = reader.execute(
-                    "SELECT notification_id, originator_id, originator_version, topic, state "
-                    "FROM ledger_events WHERE notification_id > %s AND notification_id <= %s "
-                    "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s",
+                    _PAGE_OF_LOG,
                     (reached, stop, self._topics, self.batch_size),
                 ).fetchall()
                 for position, originator_id, version, topic, state in rows:
@@ -256,7 +261,7 @@ class ProjectionProcessor:
         with self.connection.transaction(), self.connection.cursor() as cursor:
             view.write(cursor, self.tables)
             cursor.execute(
-                "UPDATE projection_positions SET position = %s, updated_at = now() WHERE name = %s",
+                _SET_POSITION,
                 (reached, self.tracking_name),
             )
         return applied
@@ -444,7 +449,7 @@ def rebuild(
                 )
                 cursor.execute(sql.SQL("DROP TABLE {}").format(retired))
             cursor.execute(
-                "UPDATE projection_positions SET position = %s, updated_at = now() WHERE name = %s",
+                _SET_POSITION,
                 (position, projection.name),
             )
             cursor.execute("DELETE FROM projection_positions WHERE name = %s", (shadow_name,))
