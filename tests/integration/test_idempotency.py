@@ -7,6 +7,7 @@ POS transactions (the till's transaction id).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -236,3 +237,27 @@ def test_every_key_points_at_an_event_of_its_own_command(ledger: Ledger, ledger_
     assert keys >= WRITES
     assert dangling == 0
     assert foreign == 0
+
+
+def test_keys_and_texts_with_quotes_backslashes_and_accents_are_recorded_as_sent(
+    ledger: Ledger, ledger_url: str, second_ledger: Ledger
+) -> None:
+    # The batch insert writes its values into the statement: nothing may be read as SQL.
+    _setup(ledger)
+    key = r"it's_a_\key\'';DROP_TABLE_ledger_events;--\x00\\"
+    reference = "O'Brien's \\ delivery — ünïcode, 'quoted', E'\\x41' \" $$ end"
+    first = ledger.receive("SKU-1", WAREHOUSE, 3, reference, context=CommandContext(key))
+    replay = second_ledger.receive("SKU-1", WAREHOUSE, 3, reference, context=CommandContext(key))
+    assert replay.replayed
+    assert replay.body == first.body
+    assert replay.position == first.position
+    with psycopg.connect(ledger_url) as conn:
+        stored = conn.execute(
+            "SELECT response FROM idempotency_keys WHERE key = %s", (key,)
+        ).fetchone()
+        state = conn.execute(
+            "SELECT state FROM ledger_events WHERE notification_id = %s", (first.position,)
+        ).fetchone()
+    assert stored is not None and state is not None
+    assert json.loads(stored[0]) == first.body
+    assert json.loads(bytes(state[0]))["reference"] == reference
