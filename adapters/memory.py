@@ -12,6 +12,7 @@ from uuid import UUID
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
 
+from adapters.transcoding import OrjsonTranscoding
 from domain.ports import IdempotencyClaim, IdempotencyRecord, KeyAlreadyRecorded
 
 
@@ -52,7 +53,7 @@ class LedgerMemoryRecorder(POPOApplicationRecorder):
             return {key: self._keys[key] for key in keys if key in self._keys}
 
 
-class LedgerMemoryFactory(POPOFactory):
+class LedgerMemoryFactory(OrjsonTranscoding, POPOFactory):
     def application_recorder(self) -> ApplicationRecorder:
         return LedgerMemoryRecorder()
 

@@ -55,6 +55,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import PoolTimeout
 
+from adapters.transcoding import OrjsonTranscoding
 from domain.ports import IdempotencyClaim, IdempotencyRecord, KeyAlreadyRecorded, PreparedBatch
 
 PERSISTENCE_MODULE = "adapters.postgres:LedgerPostgresFactory"
@@ -379,7 +380,7 @@ def _persistence_error(error: psycopg.Error) -> PersistenceError:
     return PersistenceError(str(error))
 
 
-class LedgerPostgresFactory(PostgresFactory):
+class LedgerPostgresFactory(OrjsonTranscoding, PostgresFactory):
     aggregate_recorder_class = LedgerSnapshotRecorder
     application_recorder_class = LedgerPostgresRecorder
 
