@@ -91,6 +91,11 @@ def create_app(
         summary="Event-sourced inventory and order ledger for omnichannel retail.",
         lifespan=_lifespan,
         generate_unique_id_function=_operation_id,
+        telemetry={
+            "tracing": settings.opentelemetry,
+            "metrics": settings.opentelemetry,
+            "logs": settings.opentelemetry,
+        },
     )
     app.state.settings = settings
     app.state.keyring = KeyRing.load(admin_key=settings.admin_key, keys_file=settings.api_keys_file)

@@ -74,7 +74,7 @@ def run(ctx: Context) -> PartResult:
                 )
             ]
             if not result.passed and ctx.profile:
-                with sampling(server.pid, ctx.profiles_dir / "p2_api.txt") as profile:
+                with sampling(server.pid, ctx.profiles_dir / "p2_api.txt", gil=True) as profile:
                     load(ctx, server.base_url, "orders", ctx.seconds(10, 4), "profile")
                 result.profiles["api server, POST /v1/orders"] = profile
                 print_profile("api server, POST /v1/orders", profile)

@@ -116,3 +116,15 @@ def test_serve_refuses_api_only_with_workers_only() -> None:
 
     assert result.exit_code == 1
     assert "exclude each other" in result.output
+
+
+@pytest.mark.parametrize("wanted", [False, True])
+def test_fastapi_opentelemetry_is_on_only_when_asked_for(
+    wanted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOCKLEDGER_OPENTELEMETRY", str(wanted).lower())
+    settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none")
+
+    telemetry = create_app(settings)._telemetry
+
+    assert (telemetry["tracing"], telemetry["metrics"], telemetry["logs"]) == (wanted,) * 3
