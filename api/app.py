@@ -106,6 +106,8 @@ def create_app(
     app.state.ops_sessions = OpsSessions()
 
     install_problem_handlers(app)
+    if serve_api:
+        app.add_middleware(reads.PlainAvailabilityReads)  # inside the request middleware
     app.add_middleware(
         RequestMiddleware, metrics=app.state.metrics, max_bytes=settings.max_body_bytes
     )

@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, StringConstraints
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import ReadAccess, read_access
 from api.availability_reads import AvailabilityReader
@@ -39,6 +38,8 @@ _ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}.*)?$")
 MAX_BULK_SKUS = 500
 
 MAX_SKU_LENGTH = 64
+AVAILABILITY_ROUTE = "/availability/{sku:path}"
+_AVAILABILITY_PREFIX = "/v1/availability/"
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN.pattern, max_length=MAX_SKU_LENGTH)]
 # Declared so the OpenAPI document shows it; the handler's fullmatch check stays.
 SkuItem = Annotated[
@@ -87,28 +88,6 @@ def _not_found(detail: str) -> ApiProblem:
     return ApiProblem(404, "not-found", detail)
 
 
-class _AvailabilityRoute(APIRoute):
-    """``GET /v1/availability/{sku}``, the busiest read, answered without FastAPI's resolution
-    of dependencies and parameters when the request is a plain one: a well-formed SKU and no
-    query string. That resolution was the largest share of this read's time, and a plain
-    request needs none of it: the key is checked by the same ``read_access``, the SKU by the
-    same pattern. Anything else (``min_position``, a malformed SKU) takes FastAPI's way, so
-    parameters and their errors stay FastAPI's, unchanged.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        standard = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            sku = request.path_params["sku"]
-            if request.scope["query_string"] or not _plain_sku(sku):
-                return await standard(request)
-            await read_access(request)
-            return await _sku_availability(request, sku, None)
-
-        return handler
-
-
 def _plain_sku(sku: str) -> bool:
     # What SkuPath accepts (fullmatch: not even a trailing newline).
     return len(sku) <= MAX_SKU_LENGTH and SKU_PATTERN.fullmatch(sku) is not None
@@ -124,13 +103,67 @@ async def get_sku_availability(
 
 
 router.add_api_route(
-    "/availability/{sku:path}",
+    AVAILABILITY_ROUTE,
     get_sku_availability,
     methods=["GET"],
     summary="A SKU's buckets per location and ATS per channel",
     response_model=SkuAvailabilityOut,
-    route_class_override=_AvailabilityRoute,
 )
+
+
+class PlainAvailabilityReads:
+    """``GET /v1/availability/{sku}``, the busiest read, answered before FastAPI's layers
+    (body limit, exception handling, routing, dependencies) when the request is a plain one: a
+    well-formed SKU, no query string. Those layers were the larger share of this read's time,
+    and a plain request needs none of them: the key is checked by the same ``read_access``, the
+    SKU by the same pattern, the answer made by the same function, a failure (a refused key, an
+    unreachable database) answered by the app's own exception handlers. Anything else takes the
+    route's way, so parameters and their errors stay FastAPI's. Sits inside the request
+    middleware, so ids, logs and metrics are the same either way.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # The route itself, so the request is counted under its template as any other.
+        self._route = next(
+            route
+            for route in router.routes
+            if getattr(route, "path", None) == router.prefix + AVAILABILITY_ROUTE
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        sku = path[len(_AVAILABILITY_PREFIX) :]
+        if (
+            path.startswith(_AVAILABILITY_PREFIX)
+            and scope["type"] == "http"
+            and scope["method"] == "GET"
+            and not scope["query_string"]
+            and not scope.get("root_path")
+            and _plain_sku(sku)
+        ):
+            request = Request(scope, receive)
+            scope["route"] = self._route
+            try:
+                await read_access(request)
+                response = await _sku_availability(request, sku, None)
+            except Exception as error:
+                response = await _problem_for(request, error)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _problem_for(request: Request, error: Exception) -> Response:
+    """The app's answer to ``error``, as its exception handlers give it on the route's way; an
+    error they do not name is raised, to the request middleware's 500."""
+    handlers = request.app.exception_handlers
+    for kind in type(error).__mro__:
+        handler = handlers.get(kind)
+        if handler is not None and kind is not Exception:
+            response: Response = await handler(request, error)
+            return response
+    raise error
 
 
 async def _sku_availability(request: Request, sku: str, min_position: int | None) -> Response:

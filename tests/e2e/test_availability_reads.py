@@ -1,7 +1,8 @@
 """``GET /v1/availability/{sku}``, the busiest read, on its lean way (a plain request skips
-FastAPI's parameter resolution, reads arriving together share a statement) and on FastAPI's
-(``min_position``, malformed SKUs): the same answers, keys and refusals either way. And the read
-pool's check before lending a connection, which asks the server only when something arrived."""
+FastAPI's layers and parameter resolution, reads arriving together share a statement) and on
+FastAPI's (``min_position``, malformed SKUs): the same answers, keys and refusals either way. And
+the read pool's check before lending a connection, which asks the server only when something
+arrived."""
 
 from __future__ import annotations
 

@@ -113,6 +113,10 @@ def test_metrics_carry_commands_refusals_latency_and_ledger_state(
             "SELECT count(*) FROM exceptions WHERE status = 'open'"
         ).fetchone()
 
+    # The busiest read, plain (answered before FastAPI's layers) and not, under one template.
+    for params in ({}, {}, {"min_position": 0}):
+        assert admin.get(f"/v1/availability/{sku}", params=params).status_code == 200
+
     after, names = scrape(server.base_url)
 
     def delta(name: str, **labels: str) -> float:
@@ -155,6 +159,8 @@ def test_metrics_carry_commands_refusals_latency_and_ledger_state(
     assert value(after, "stockledger_http_request_duration_seconds_sum", **receipts) > 0
     assert value(after, "stockledger_http_request_duration_seconds_bucket", le="+Inf", **receipts)
     assert delta("stockledger_http_requests_total", method="GET", route="unmatched", status="404")
+    availability = {"method": "GET", "route": "/v1/availability/{sku:path}", "status": "200"}
+    assert delta("stockledger_http_requests_total", **availability) == 3
     assert not any(
         dict(labels).get("route", "").startswith("/v1/no-such") for _, labels in after
     ), "raw paths must not become label values"
