@@ -28,6 +28,7 @@ from adapters.migrations import migrate
 from adapters.postgres import POOL_RECONNECT_SECONDS, POOL_WAIT_SECONDS, ledger_env
 from api.auth import KeyRing
 from api.availability_reads import AvailabilityReader
+from api.hot_routes import HotRoutes
 from api.metrics import Metrics
 from api.metrics import router as metrics_router
 from api.middleware import RequestMiddleware
@@ -107,7 +108,7 @@ def create_app(
 
     install_problem_handlers(app)
     if serve_api:
-        app.add_middleware(reads.PlainAvailabilityReads)  # inside the request middleware
+        app.add_middleware(HotRoutes)  # just inside the request middleware
     app.add_middleware(
         RequestMiddleware, metrics=app.state.metrics, max_bytes=settings.max_body_bytes
     )

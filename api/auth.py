@@ -234,7 +234,8 @@ def require(scope: Scope) -> ApiKey:
 read_access = require(Scope.READ)
 ReadAccess = Annotated[Principal, Depends(read_access)]
 StockWriteAccess = Annotated[Principal, Depends(require(Scope.STOCK_WRITE))]
-OrdersWriteAccess = Annotated[Principal, Depends(require(Scope.ORDERS_WRITE))]
+orders_write_access = require(Scope.ORDERS_WRITE)
+OrdersWriteAccess = Annotated[Principal, Depends(orders_write_access)]
 PosWriteAccess = Annotated[Principal, Depends(require(Scope.POS_WRITE))]
 AdminAccess = Annotated[Principal, Depends(require(Scope.ADMIN))]
 

@@ -6,17 +6,22 @@ worker thread, and that hop cost more than the rest of a cheap read together.
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Future
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request, Response
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from api.settings import Settings
 from domain.committer import WriteResult
+from domain.errors import LedgerUnavailable
 from domain.service import CommandContext, Ledger
 
 POSITION_HEADER = "X-Ledger-Position"
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -50,7 +55,7 @@ async def get_command_context(
             alias="Idempotency-Key",
             min_length=1,
             max_length=255,
-            pattern=r"^[!-~]{1,255}$",
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description=(
                 "Makes the write safe to retry: the same key with the same body returns the "
                 "first answer; with another body it is refused (409 idempotency-key-reused)."
@@ -78,3 +83,17 @@ def written(model: type[Model], result: WriteResult, response: Response) -> Mode
     if result.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return model.model_validate(body)
+
+
+async def awaited(ledger: Ledger, future: Future[WriteResult]) -> WriteResult:
+    """A submitted write's answer, waited for on the event loop rather than in a worker thread
+    (the hop to one and back cost as much as the write's own checks). Shielded: a request that
+    stops waiting leaves the write to finish as it would have."""
+    try:
+        async with asyncio.timeout(ledger.COMMAND_TIMEOUT):
+            result = await asyncio.shield(asyncio.wrap_future(future))
+    except TimeoutError:
+        raise LedgerUnavailable("the ledger did not record the command in time") from None
+    if result.position is None:
+        result = await run_in_threadpool(ledger.with_position, result)  # reads the log's head
+    return result

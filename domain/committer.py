@@ -481,6 +481,8 @@ class GroupCommitter:
         self.stats["batches"] += 1
         self.stats["commands"] += len(batch)
         for command, outcome in prepared.outcomes:
+            if command.future.done():
+                continue  # its caller gave up waiting and cancelled it; what it wrote stands
             if isinstance(outcome, BaseException):
                 command.future.set_exception(outcome)
                 continue

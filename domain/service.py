@@ -12,6 +12,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -467,6 +468,32 @@ class Ledger(Application[UUID]):
         allow_backorder: bool = False,
         context: CommandContext | None = None,
     ) -> WriteResult:
+        return self.outcome(
+            self.submit_order(
+                channel,
+                external_id,
+                lines,
+                currency=currency,
+                total=total,
+                allow_backorder=allow_backorder,
+                context=context,
+            )
+        )
+
+    def submit_order(
+        self,
+        channel: str,
+        external_id: str,
+        lines: Sequence[OrderLine],
+        *,
+        currency: str | None = None,
+        total: str | Decimal | None = None,
+        allow_backorder: bool = False,
+        context: CommandContext | None = None,
+    ) -> Future[WriteResult]:
+        """``place_order`` without waiting for it: checks the request (raising at once), hands it
+        to the writer and returns its future, for a caller that waits its own way (an event
+        loop); ``outcome`` or ``with_position`` turn what it holds into the answer."""
         check_channel(channel)
         check_external_id(external_id)
         currency = _currency(currency)
@@ -548,7 +575,7 @@ class Ledger(Application[UUID]):
             "total": total_text,
             "allow_backorder": allow_backorder,
         }
-        return self._execute(
+        return self._submit(
             "order.place",
             request,
             run,
@@ -887,6 +914,22 @@ class Ledger(Application[UUID]):
         natural_key: str | None = None,
         prefetch: Sequence[UUID] = (),
     ) -> WriteResult:
+        return self.outcome(
+            self._submit(
+                operation, request, run, context, natural_key=natural_key, prefetch=prefetch
+            )
+        )
+
+    def _submit(
+        self,
+        operation: str,
+        request: dict[str, Any],
+        run: Callable[[Scope], dict[str, Any]],
+        context: CommandContext | None,
+        *,
+        natural_key: str | None = None,
+        prefetch: Sequence[UUID] = (),
+    ) -> Future[WriteResult]:
         context = context or CommandContext()
         key = context.idempotency_key
         if key is not None and not _KEY.match(key):
@@ -910,19 +953,26 @@ class Ledger(Application[UUID]):
             ),
             prefetch=tuple(prefetch),
         )
-        future = self.committer.submit(command)
+        return self.committer.submit(command)
+
+    def outcome(self, future: Future[WriteResult]) -> WriteResult:
+        """The answer to a submitted write, once the writer has given it."""
         try:
             result = future.result(timeout=self.COMMAND_TIMEOUT)
         except TimeoutError:
             raise LedgerUnavailable("the ledger did not record the command in time") from None
-        if result.position is None:
-            # Nothing new was recorded: the answer holds as of the log's head.
-            try:
-                head = self.ledger_recorder.max_notification_id()
-            except PersistenceError as error:
-                raise LedgerUnavailable(f"the event store is unavailable: {error}") from None
-            result = replace(result, position=head or 0)
-        return result
+        return self.with_position(result)
+
+    def with_position(self, result: WriteResult) -> WriteResult:
+        """``result`` with a position: when nothing new was recorded (a replay, a no-op), the
+        answer holds as of the log's head, which this reads."""
+        if result.position is not None:
+            return result
+        try:
+            head = self.ledger_recorder.max_notification_id()
+        except PersistenceError as error:
+            raise LedgerUnavailable(f"the event store is unavailable: {error}") from None
+        return replace(result, position=head or 0)
 
 
 # --- helpers shared by the use cases --------------------------------------------------------

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Response
+from fastapi import APIRouter, Body, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import OrdersWriteAccess, Principal, authorize_locations, order_locations
-from api.deps import CommandContextDep, LedgerDep, written
+from api.auth import (
+    OrdersWriteAccess,
+    Principal,
+    authorize_locations,
+    order_locations,
+    orders_write_access,
+)
+from api.deps import IDEMPOTENCY_KEY_PATTERN, CommandContextDep, LedgerDep, awaited, written
 from api.routes import WRITE_ERRORS
 from api.schemas import CancellationIn, FulfillmentIn, OrderIn, OrderOut, RefundIn, ReturnIn
 from domain.errors import NotFound
-from domain.service import FulfillmentLine, Ledger, OrderLine, ReturnLine
+from domain.service import CommandContext, FulfillmentLine, Ledger, OrderLine, ReturnLine
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"], responses=WRITE_ERRORS)
 
@@ -32,9 +40,14 @@ _FOLLOW_UPS = {
     )
 }
 
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
 OrderId = Annotated[
     str, Path(max_length=128, description="The `order_id` answered when the order was placed")
 ]
+
+
+ORDERS_PATH = "/v1/orders"
 
 
 @router.post("", status_code=201, responses={201: {"links": _FOLLOW_UPS}})
@@ -51,9 +64,18 @@ async def place_order(
     that cannot be fully reserved is refused whole (409 insufficient-stock) unless
     ``allow_backorder`` is true.
     """
+    return await _placed(ledger, principal, body, context, response)
+
+
+async def _placed(
+    ledger: Ledger,
+    principal: Principal,
+    body: OrderIn,
+    context: CommandContext,
+    response: Response,
+) -> OrderOut:
     authorize_locations(principal, [line.location for line in body.lines])
-    result = await run_in_threadpool(
-        ledger.place_order,
+    future = ledger.submit_order(
         body.channel,
         body.external_id,
         [OrderLine(line.line_id, line.sku, line.quantity, line.location) for line in body.lines],
@@ -62,9 +84,36 @@ async def place_order(
         allow_backorder=body.allow_backorder,
         context=context,
     )
-    order = written(OrderOut, result, response)
+    order = written(OrderOut, await awaited(ledger, future), response)
     response.headers["Location"] = f"/v1/orders/{order.order_id}"
     return order
+
+
+def plain_placement(body: bytes, idempotency_key: str | None) -> OrderIn | None:
+    """The order in a plain ``POST /v1/orders`` body, when it is one the route would accept as
+    it is (read the same way: JSON, then the same model), else None."""
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        return None
+    try:
+        return OrderIn.model_validate(json.loads(body))
+    except (ValueError, RecursionError):  # not JSON, or not a valid order (ValidationError)
+        return None
+
+
+async def answer_placement(
+    request: Request, body: OrderIn, idempotency_key: str | None
+) -> Response:
+    """``POST /v1/orders`` for a plain request (see ``api.hot_routes``): the route's checks and
+    write, and its answer as FastAPI would serialise it."""
+    principal = await orders_write_access(request)
+    context = CommandContext(
+        idempotency_key=idempotency_key, correlation_id=request.state.request_id
+    )
+    response = Response(status_code=201, media_type="application/json")
+    order = await _placed(request.app.state.ledger, principal, body, context, response)
+    response.body = order.model_dump_json().encode()
+    response.headers["content-length"] = str(len(response.body))
+    return response
 
 
 @router.post("/{order_id}/payment")

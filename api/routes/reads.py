@@ -16,7 +16,6 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BeforeValidator, StringConstraints
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import ReadAccess, read_access
 from api.availability_reads import AvailabilityReader
@@ -39,7 +38,7 @@ MAX_BULK_SKUS = 500
 
 MAX_SKU_LENGTH = 64
 AVAILABILITY_ROUTE = "/availability/{sku:path}"
-_AVAILABILITY_PREFIX = "/v1/availability/"
+AVAILABILITY_PREFIX = "/v1/availability/"
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN.pattern, max_length=MAX_SKU_LENGTH)]
 # Declared so the OpenAPI document shows it; the handler's fullmatch check stays.
 SkuItem = Annotated[
@@ -88,7 +87,7 @@ def _not_found(detail: str) -> ApiProblem:
     return ApiProblem(404, "not-found", detail)
 
 
-def _plain_sku(sku: str) -> bool:
+def plain_sku(sku: str) -> bool:
     # What SkuPath accepts (fullmatch: not even a trailing newline).
     return len(sku) <= MAX_SKU_LENGTH and SKU_PATTERN.fullmatch(sku) is not None
 
@@ -111,59 +110,11 @@ router.add_api_route(
 )
 
 
-class PlainAvailabilityReads:
-    """``GET /v1/availability/{sku}``, the busiest read, answered before FastAPI's layers
-    (body limit, exception handling, routing, dependencies) when the request is a plain one: a
-    well-formed SKU, no query string. Those layers were the larger share of this read's time,
-    and a plain request needs none of them: the key is checked by the same ``read_access``, the
-    SKU by the same pattern, the answer made by the same function, a failure (a refused key, an
-    unreachable database) answered by the app's own exception handlers. Anything else takes the
-    route's way, so parameters and their errors stay FastAPI's. Sits inside the request
-    middleware, so ids, logs and metrics are the same either way.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        # The route itself, so the request is counted under its template as any other.
-        self._route = next(
-            route
-            for route in router.routes
-            if getattr(route, "path", None) == router.prefix + AVAILABILITY_ROUTE
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        sku = path[len(_AVAILABILITY_PREFIX) :]
-        if (
-            path.startswith(_AVAILABILITY_PREFIX)
-            and scope["type"] == "http"
-            and scope["method"] == "GET"
-            and not scope["query_string"]
-            and not scope.get("root_path")
-            and _plain_sku(sku)
-        ):
-            request = Request(scope, receive)
-            scope["route"] = self._route
-            try:
-                await read_access(request)
-                response = await _sku_availability(request, sku, None)
-            except Exception as error:
-                response = await _problem_for(request, error)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-async def _problem_for(request: Request, error: Exception) -> Response:
-    """The app's answer to ``error``, as its exception handlers give it on the route's way; an
-    error they do not name is raised, to the request middleware's 500."""
-    handlers = request.app.exception_handlers
-    for kind in type(error).__mro__:
-        handler = handlers.get(kind)
-        if handler is not None and kind is not Exception:
-            response: Response = await handler(request, error)
-            return response
-    raise error
+async def answer_availability(request: Request, sku: str) -> Response:
+    """``GET /v1/availability/{sku}`` for a plain request (see ``api.hot_routes``): the same key
+    check and answer as the route's."""
+    await read_access(request)
+    return await _sku_availability(request, sku, None)
 
 
 async def _sku_availability(request: Request, sku: str, min_position: int | None) -> Response:
