@@ -142,9 +142,10 @@ async def check_idle_connection(connection: AsyncConnection[TupleRow]) -> None:
         await AsyncConnectionPool.check_connection(connection)
 
 
-def _freeze_startup_objects() -> None:
+def _tune_garbage_collection() -> None:
     """Puts what start-up made (modules, models, routes, the ledger: some hundred thousand
-    objects that live as long as the process) out of the garbage collector's reach.
+    objects that live as long as the process) out of the garbage collector's reach, and makes
+    its young collections rarer.
 
     Left in, each full collection walks them all, and under concurrent requests full collections
     come every second or two (a request's objects outlive two younger collections while it
@@ -153,6 +154,12 @@ def _freeze_startup_objects() -> None:
     """
     gc.collect()  # start-up's own garbage is not kept for good
     gc.freeze()
+    # Young collections 30 times rarer than the default 700 allocations: a write's objects
+    # (request, command, events, future) then mostly die before one, rather than being promoted
+    # and walked again by the older collections that the ledger's cached aggregates make long.
+    # Measured on POST /v1/orders (bench p2): p99 from about 110 ms to 35-80 ms, and up to a
+    # fifth more orders per second.
+    gc.set_threshold(20_000, 20, 20)
 
 
 @asynccontextmanager
@@ -191,10 +198,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         checks.append(database_check(read_pool))
         if app.state.run_workers:
             async with background_workers(app, settings, ledger, read_pool):
-                _freeze_startup_objects()
+                _tune_garbage_collection()
                 yield
         else:
-            _freeze_startup_objects()
+            _tune_garbage_collection()
             yield
     finally:
         await read_pool.close()
