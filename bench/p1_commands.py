@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -183,6 +184,59 @@ def service_load(ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.
     return closed_loop(CALLERS, seconds, place, warmup=warmup)
 
 
+def timeline(ledger: Ledger, seconds: float, run_id: str) -> dict[str, float]:
+    """Where a command's time goes, in ms (means): waiting in the writer's queue, preparing its
+    batch, the batch's round trip to the database, answering the batch, and the whole call. The
+    writer's methods are wrapped on this ledger for the run, then restored."""
+    committer, recorder = ledger.committer, ledger.committer._recorder
+    spans: dict[str, list[float]] = {
+        name: [] for name in ("queue", "prepare", "round_trip", "answer", "call")
+    }
+    clock = time.perf_counter
+    marks: dict[str, float] = {}
+    submitted: dict[int, float] = {}
+    submit, process, complete = committer.submit, committer._process, committer._complete
+    insert = recorder.insert_events_with_keys
+
+    def timed_submit(command: Any) -> Any:
+        submitted[id(command)] = clock()
+        return submit(command)
+
+    def timed_process(batch: list[Any], *args: Any, **kwargs: Any) -> Any:
+        marks["taken"] = now = clock()
+        spans["queue"].extend(now - submitted.pop(id(c), now) for c in batch)
+        return process(batch, *args, **kwargs)
+
+    def timed_insert(*args: Any) -> Any:
+        marks["sent"] = clock()
+        spans["prepare"].append(marks["sent"] - marks["taken"])
+        try:
+            return insert(*args)
+        finally:
+            marks["recorded"] = clock()
+            spans["round_trip"].append(marks["recorded"] - marks["sent"])
+
+    def timed_complete(*args: Any) -> Any:
+        try:
+            return complete(*args)
+        finally:
+            spans["answer"].append(clock() - marks.get("recorded", clock()))
+
+    committer.submit = timed_submit  # type: ignore[method-assign]
+    committer._process = timed_process  # type: ignore[method-assign]
+    committer._complete = timed_complete  # type: ignore[method-assign, assignment]
+    recorder.insert_events_with_keys = timed_insert  # type: ignore[method-assign, assignment]
+    try:
+        load = service_load(ledger, seconds, run_id, warmup=0.5)
+    finally:
+        del committer.submit, committer._process, committer._complete
+        del recorder.insert_events_with_keys
+    spans["call"] = list(load.latencies)
+    figures = {name: 1000 * sum(values) / len(values) for name, values in spans.items() if values}
+    figures["orders_per_second"] = load.rate
+    return figures
+
+
 def run(ctx: Context) -> PartResult:
     result = PartResult("p1", TITLE)
     seconds = ctx.seconds(15, 4)
@@ -264,11 +318,24 @@ def run(ctx: Context) -> PartResult:
             if service.errors:
                 result.notes.append(f"service errors: {service.error_samples[:2]}")
             if not result.passed and ctx.profile:
+                steps = timeline(ledger, ctx.seconds(8, 3), ctx.run_id + "t")
+                result.details["timeline_ms"] = steps
+                console.print(
+                    "  a command's time (ms, means, separate run at "
+                    f"{steps['orders_per_second']:,.0f}/s): queue {steps.get('queue', 0):.2f}, "
+                    f"batch preparation {steps.get('prepare', 0):.2f}, round trip "
+                    f"{steps.get('round_trip', 0):.2f}, answering {steps.get('answer', 0):.2f}; "
+                    f"whole call {steps.get('call', 0):.2f}"
+                )
                 profile = profile_call(
                     "p1_service",
                     ctx.profiles_dir,
                     lambda: service_load(ledger, ctx.seconds(10, 4), ctx.run_id + "p", warmup=0),
+                    gil=True,
                 )
+                if "gil_held" in profile:
+                    held = 100 * profile["gil_held"]
+                    console.print(f"  the GIL was held {held:.0f}% of the time")
                 result.profiles["service place_order"] = profile
                 print_profile("service place_order", profile)
                 with counting_statements() as found:

@@ -23,6 +23,7 @@ from bench.common import VENV_BIN, console
 
 # The product's code; bench/ frames (the load generators) are left out of "project" rankings.
 PROJECT_DIRS = ("domain/", "adapters/", "projections/", "api/")
+SAMPLES_PER_SECOND = 250
 _PROJECT = re.compile(r"/(domain|adapters|projections|api|bench)/[^/]+\.py$")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -39,7 +40,7 @@ def sampling(
     pid: int,
     output: Path,
     *,
-    rate: int = 250,
+    rate: int = SAMPLES_PER_SECOND,
     gil: bool = False,
     idle: bool = False,
     only_thread: str | None = None,
@@ -49,7 +50,13 @@ def sampling(
     By default only threads running Python or C code are sampled (CPU time); ``idle`` samples
     waiting threads too (wall time: where a single-threaded loop waits for the database)."""
     summary: dict[str, Any] = {
-        "mode": "wall time (idle threads included)" if idle else "CPU time (active threads)"
+        "mode": (
+            "wall time (idle threads included)"
+            if idle
+            else "the thread holding the GIL"
+            if gil
+            else "CPU time (active threads)"
+        )
     }
     binary = py_spy()
     if binary is None:
@@ -95,14 +102,24 @@ def sampling(
 
 
 def profile_call(
-    name: str, output_dir: Path, workload: Callable[[], Any], *, idle: bool = False
+    name: str,
+    output_dir: Path,
+    workload: Callable[[], Any],
+    *,
+    idle: bool = False,
+    gil: bool = False,
 ) -> dict[str, Any]:
-    """Profiles this process while ``workload()`` runs."""
+    """Profiles this process while ``workload()`` runs. With ``gil``, only the thread holding
+    the GIL is sampled, and ``gil_held`` is the share of the run's time that one did."""
     output = output_dir / f"{name}.txt"
     # Wall time: every idle thread would count, so keep to the thread doing the work.
     only = "MainThread" if idle else None
-    with sampling(os.getpid(), output, idle=idle, only_thread=only) as summary:
+    with sampling(os.getpid(), output, idle=idle, gil=gil, only_thread=only) as summary:
+        started = time.monotonic()
         workload()
+        seconds = time.monotonic() - started
+    if gil and summary.get("samples"):
+        summary["gil_held"] = summary["samples"] / (seconds * SAMPLES_PER_SECOND)
     return summary
 
 
