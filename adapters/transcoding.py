@@ -1,7 +1,8 @@
 """Event state to JSON: eventsourcing's JSON transcoder, encoding with orjson where it can.
 
-Every event the ledger records is encoded once; the standard library's encoder is a fifth of the
-cost of a command. orjson writes the same JSON (compact, UTF-8) several times faster. It encodes
+Every event the ledger records is encoded once, and encoding was about a fifth of the writer's
+work on an order (four events). orjson writes the same bytes (compact, UTF-8) in about half the
+time, the check below included (2.6 against 4.7 µs for a reservation's state). It encodes
 some types natively that eventsourcing encodes as ``{"_type_": ..., "_data_": ...}`` (UUIDs,
 enums) or differently (NaN), so it is used only for states made of strings, integers, booleans,
 None, datetimes and decimals (the last two through the registered transcodings) in dicts and

@@ -21,8 +21,8 @@ from domain.errors import LedgerUnavailable
 from domain.service import CommandContext, Ledger
 
 POSITION_HEADER = "X-Ledger-Position"
-IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 REPLAYED_HEADER = "Idempotent-Replayed"
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -87,8 +87,8 @@ def written(model: type[Model], result: WriteResult, response: Response) -> Mode
 
 async def awaited(ledger: Ledger, future: Future[WriteResult]) -> WriteResult:
     """A submitted write's answer, waited for on the event loop rather than in a worker thread
-    (the hop to one and back cost as much as the write's own checks). Shielded: a request that
-    stops waiting leaves the write to finish as it would have."""
+    (a hop there and back for every write). Shielded: a request that stops waiting leaves the
+    write to finish as it would have."""
     try:
         async with asyncio.timeout(ledger.COMMAND_TIMEOUT):
             result = await asyncio.shield(asyncio.wrap_future(future))

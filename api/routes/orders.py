@@ -46,8 +46,7 @@ OrderId = Annotated[
     str, Path(max_length=128, description="The `order_id` answered when the order was placed")
 ]
 
-
-ORDERS_PATH = "/v1/orders"
+ORDERS_PATH = router.prefix
 
 
 @router.post("", status_code=201, responses={201: {"links": _FOLLOW_UPS}})

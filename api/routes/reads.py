@@ -38,7 +38,7 @@ MAX_BULK_SKUS = 500
 
 MAX_SKU_LENGTH = 64
 AVAILABILITY_ROUTE = "/availability/{sku:path}"
-AVAILABILITY_PREFIX = "/v1/availability/"
+AVAILABILITY_PREFIX = router.prefix + "/availability/"
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN.pattern, max_length=MAX_SKU_LENGTH)]
 # Declared so the OpenAPI document shows it; the handler's fullmatch check stays.
 SkuItem = Annotated[
