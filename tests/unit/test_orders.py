@@ -3,6 +3,7 @@ refunds, and the correlation/causation metadata of every event."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 from adapters.memory import MEMORY_ENV
+from domain.base import CommandMetadata
+from domain.committer import Command, Scope
 from domain.errors import (
     AlreadyExists,
     IdempotencyKeyReused,
@@ -904,3 +907,31 @@ def test_concurrent_orders_never_reserve_more_than_there_is(shop: Ledger, probe:
         buckets = probe.buckets(SKU, location)
         assert buckets["available"] == 0
         assert buckets["reserved"] == (7 if location == "WH-A" else 3)
+
+
+def test_a_submitted_order_whose_caller_stopped_waiting_is_recorded_and_the_writer_goes_on(
+    shop: Ledger,
+) -> None:
+    shop.receive(SKU, "WH-A", 5)
+    release = threading.Event()
+
+    def hold_the_writer(scope: Scope) -> dict[str, Any]:
+        release.wait(timeout=5)
+        return {}
+
+    held = shop.committer.submit(
+        Command("test.hold", "-", None, hold_the_writer, CommandMetadata("hold", "hold"))
+    )
+    given_up = shop.submit_order("shopify", "given-up", [OrderLine("1", SKU, 2)])
+    same_batch = shop.submit_order("shopify", "same-batch", [OrderLine("1", SKU, 1)])
+    assert given_up.cancel()  # as a request that stops waiting would
+    release.set()
+    held.result(timeout=5)
+
+    after = shop.place_order("shopify", "after", [OrderLine("1", SKU, 1)])
+
+    assert shop.outcome(same_batch).body["status"] == "reserved"
+    assert after.body["status"] == "reserved"
+    recorded = shop.get_order(order_id("shopify", "given-up"))
+    assert recorded is not None and recorded.status == "reserved"
+    assert shop.get_position(SKU, "WH-A").buckets()["reserved"] == 4  # type: ignore[union-attr]
