@@ -126,7 +126,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "SELECT key, fingerprint, response, position FROM {} WHERE key = ANY(%s)"
         ).format(keys)
         # A batch's transaction opens with the lock; the notify is delivered at commit.
-        self._begin_and_lock = SQL("; ").join(
+        begin_and_lock = SQL("; ").join(
             [
                 SQL("BEGIN"),
                 *self.lock_table_statements,
@@ -139,7 +139,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 "{begin}; WITH ev AS (INSERT INTO {events} "
                 "(originator_id, originator_version, topic, state) VALUES "
             )
-            .format(begin=self._begin_and_lock, events=table)
+            .format(begin=begin_and_lock, events=table)
             .as_string()
         )
         self._batch_events_end = " RETURNING notification_id, originator_id, originator_version)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import signal
 from contextlib import ExitStack
 from typing import Annotated, Any, NoReturn
@@ -155,8 +156,6 @@ def _skip_unused_log_record_fields() -> None:
     """Log records without the caller's file, line and function, or the thread's and process's
     names: our JSON lines show none of them, and finding the caller walks the stack on every
     line, one per request for the access log (the logging HOWTO's "Optimization" section)."""
-    import logging
-
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
