@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import (
@@ -89,6 +90,16 @@ class Command:
     # Aggregates the command will read that may not exist yet (a new order): the batch asks the
     # store about all of them in one query instead of one load each.
     prefetch: tuple[UUID, ...] = ()
+
+
+def _response_text(body: dict[str, Any]) -> str:
+    """A command's answer as the JSON its idempotency key keeps: orjson's, a tenth of the time of
+    the standard library's; the standard library's for what orjson refuses (keys that are not
+    strings, integers beyond 64 bits). Both read back the same."""
+    try:
+        return orjson.dumps(body).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(body, separators=(",", ":"))
 
 
 class _Unverified(Exception):
@@ -465,7 +476,7 @@ class GroupCommitter:
                     IdempotencyClaim(
                         command.key,
                         command.fingerprint,
-                        json.dumps(body, separators=(",", ":")),
+                        _response_text(body),
                         success.last_event_index,
                     )
                 )

@@ -3,11 +3,13 @@ refunds, transfers), and what a replay answers."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from domain.committer import _response_text
 from domain.errors import IdempotencyKeyReused, InsufficientStock, ValidationFailed
 from domain.service import (
     CommandContext,
@@ -325,3 +327,18 @@ def test_pos_events_are_caused_by_the_transaction(shop: Ledger, probe: Any) -> N
     assert {(event.causation_id, event.correlation_id) for event in events} == {
         ("pos:T-1", "req-pos")
     }
+
+
+# --- what a key keeps ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"order_id": "1", "note": "Zoë's order ✓", "lines": [{"quantity": 2}], "paid": False},
+        {"beyond_64_bits": 2**70},  # orjson refuses it: the standard library writes it
+        {1: "a key that is not a string"},
+    ],
+)
+def test_the_answer_a_key_keeps_reads_back_as_given(body: dict[Any, Any]) -> None:
+    expected = {str(key): value for key, value in body.items()}
+
+    assert json.loads(_response_text(body)) == expected
