@@ -99,18 +99,20 @@ class EventFields:
 class StoredFields:
     """Decodes stored events for an ``InMemoryView``: their class, and their fields.
 
-    When the mapper stores plain JSON (no cipher, no compression) and the event class has never
-    been upcast, ``orjson.loads`` alone parses the fields into ``EventFields``, several times
-    faster than the mapper makes the domain event; values of custom-transcoded types (timestamps,
-    UUIDs) keep their stored form. Anything else is decoded by the mapper.
+    When the mapper stores plain JSON (no cipher, no compression, a JSON transcoder that decodes
+    as eventsourcing's does, however it encodes) and the event class has never been upcast,
+    ``orjson.loads`` alone parses the fields into ``EventFields``, several times faster than the
+    mapper makes the domain event; values of custom-transcoded types (timestamps, UUIDs) keep
+    their stored form. Anything else is decoded by the mapper.
     """
 
     def __init__(self, mapper: Mapper[UUID]) -> None:
         self.mapper = mapper
-        self._plain_json = (
+        self.plain_json = (
             mapper.cipher is None
             and mapper.compressor is None
-            and type(mapper.transcoder) is JSONTranscoder
+            and isinstance(mapper.transcoder, JSONTranscoder)
+            and type(mapper.transcoder).decode is JSONTranscoder.decode
         )
         self._classes: dict[str, tuple[type[Any], bool]] = {}
 
@@ -121,7 +123,7 @@ class StoredFields:
             event_class, plain = self._classes[topic]
         except KeyError:
             event_class = resolve_topic(topic)
-            plain = self._plain_json and getattr(event_class, "class_version", 1) == 1
+            plain = self.plain_json and getattr(event_class, "class_version", 1) == 1
             self._classes[topic] = (event_class, plain)
         if plain:
             return event_class, EventFields(orjson.loads(state))
