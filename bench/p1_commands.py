@@ -237,6 +237,67 @@ def timeline(ledger: Ledger, seconds: float, run_id: str) -> dict[str, float]:
     return figures
 
 
+def writer_alone(
+    ledger: Ledger, run_id: str, orders: int = 2000, batch: int = 8
+) -> dict[str, float]:
+    """A command's cost with nothing else running: one thread makes ``orders`` place-order
+    commands (the service's checks, as a caller would), then hands them to the writer's batch
+    processing itself, ``batch`` at a time: no queue, no callers, no GIL to share. Figures in
+    µs per order, the recording call's in ms per batch."""
+    committer, recorder = ledger.committer, ledger.committer._recorder
+    commands: list[Any] = []
+    recording = {"wall": 0.0, "cpu": 0.0, "calls": 0}
+    insert = recorder.insert_events_with_keys
+
+    def capture(command: Any) -> Any:
+        commands.append(command)
+        return command.future
+
+    def timed_insert(*args: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return insert(*args)
+        finally:
+            recording["wall"] += time.perf_counter() - wall
+            recording["cpu"] += time.thread_time() - cpu
+            recording["calls"] += 1
+
+    rng = random.Random(7)
+    committer.submit = capture  # type: ignore[method-assign]
+    recorder.insert_events_with_keys = timed_insert  # type: ignore[method-assign, assignment]
+    try:
+        made = time.process_time()
+        for n in range(orders):
+            external = f"alone-{run_id}-{n}-{rng.getrandbits(32):08x}"
+            a, b = rng.sample(range(1, SKUS + 1), 2)
+            ledger.submit_order(
+                CHANNEL,
+                external,
+                [OrderLine("1", sku_name(a), 1), OrderLine("2", sku_name(b), 1)],
+                context=CommandContext(idempotency_key=external),
+            )
+        made = time.process_time() - made
+        wall, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, orders, batch):
+            committer._process(commands[start : start + batch])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        del committer.submit, recorder.insert_events_with_keys
+    failed = sum(1 for command in commands if command.future.exception() is not None)
+    calls = recording["calls"] or 1
+    return {
+        "batch": batch,
+        "orders": orders,
+        "failed": failed,
+        "make_us": 1e6 * made / orders,
+        "write_cpu_us": 1e6 * cpu / orders,
+        "write_wall_us": 1e6 * wall / orders,
+        "recording_wall_ms": 1000 * recording["wall"] / calls,
+        "recording_cpu_ms": 1000 * recording["cpu"] / calls,
+        "orders_per_second": orders / wall,
+    }
+
+
 def run(ctx: Context) -> PartResult:
     result = PartResult("p1", TITLE)
     seconds = ctx.seconds(15, 4)
@@ -253,9 +314,15 @@ def run(ctx: Context) -> PartResult:
         try:
             setup_catalog(ledger, SKUS)
             before = dict(ledger.committer.stats)
+            cpu = time.process_time()
             service = service_load(ledger, seconds, ctx.run_id)
+            cpu = time.process_time() - cpu
             after = dict(ledger.committer.stats)
-            console.print(f"  service place_order, {CALLERS} callers: {service.rate:,.0f}/s")
+            console.print(
+                f"  service place_order, {CALLERS} callers: {service.rate:,.0f}/s, "
+                f"{1e6 * cpu / max(service.operations, 1):,.0f} µs of the process's CPU an order "
+                f"({cpu / service.seconds if service.seconds else 0:.2f} cores busy)"
+            )
             batches = after["batches"] - before["batches"]
             commands = after["commands"] - before["commands"]
             result.checks = [
@@ -283,6 +350,9 @@ def run(ctx: Context) -> PartResult:
                     "errors": service.errors,
                     "error_samples": service.error_samples,
                     "latency_ms": summarize(service.latencies, 1000),
+                    # The process's CPU (callers, writer, drivers) per order, all threads.
+                    "cpu_us_per_order": 1e6 * cpu / max(service.operations, 1),
+                    "cores_busy": cpu / service.seconds if service.seconds else None,
                     "committer": {
                         "batches": batches,
                         "commands": commands,
@@ -318,6 +388,15 @@ def run(ctx: Context) -> PartResult:
             if service.errors:
                 result.notes.append(f"service errors: {service.error_samples[:2]}")
             if not result.passed and ctx.profile:
+                alone = writer_alone(ledger, ctx.run_id)
+                result.details["writer_alone"] = alone
+                console.print(
+                    f"  a command alone (one thread, batches of {alone['batch']:.0f}): made in "
+                    f"{alone['make_us']:.0f} µs of CPU, written in {alone['write_cpu_us']:.0f} µs "
+                    f"of CPU and {alone['write_wall_us']:.0f} µs in all; recording a batch "
+                    f"{alone['recording_wall_ms']:.2f} ms ({alone['recording_cpu_ms']:.2f} ms of "
+                    f"it CPU): {alone['orders_per_second']:,.0f} orders/s from one thread"
+                )
                 steps = timeline(ledger, ctx.seconds(8, 3), ctx.run_id + "t")
                 result.details["timeline_ms"] = steps
                 console.print(
