@@ -9,6 +9,7 @@ through the application service: millions of commands would take too long to set
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -263,8 +264,14 @@ def _run_shards(specs: list[ShardSpec]) -> dict[str, Any]:
 
 
 def _analyze(url: str) -> None:
+    """Statistics for the planner, and the bulk load written out before anything is measured:
+    PostgreSQL's dirty buffers (a checkpoint) and the system's dirty pages (sync). Left to the
+    background, their write-out can overlap the measurement: one run's reads on the 1,000,000
+    positions just loaded had a p99 of 131 ms (max 416 ms), the others' 18-21 ms."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE ledger_events")
+        conn.execute("CHECKPOINT")
+    os.sync()
 
 
 def _split(first: int, last: int, parts: int) -> list[tuple[int, int]]:
