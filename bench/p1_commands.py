@@ -167,19 +167,22 @@ def naive_commands(url: str, seconds: float, run_id: str) -> tuple[LoadResult, d
 
 
 # --- the service -----------------------------------------------------------------------------
+def random_order(rng: random.Random, external: str) -> tuple[list[OrderLine], CommandContext]:
+    """An order's lines (one unit each of two random SKUs) and its context (its own id as the
+    idempotency key), as the API would pass them."""
+    a, b = rng.sample(range(1, SKUS + 1), 2)
+    lines = [OrderLine("1", sku_name(a), 1), OrderLine("2", sku_name(b), 1)]
+    return lines, CommandContext(idempotency_key=external)
+
+
 def service_load(ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.0) -> LoadResult:
     randoms = [random.Random(100 + i) for i in range(CALLERS)]
 
     def place(worker: int, n: int) -> None:
         rng = randoms[worker]
         external = f"svc-{run_id}-{worker}-{n}-{rng.getrandbits(32):08x}"
-        a, b = rng.sample(range(1, SKUS + 1), 2)
-        ledger.place_order(
-            CHANNEL,
-            external,
-            [OrderLine("1", sku_name(a), 1), OrderLine("2", sku_name(b), 1)],
-            context=CommandContext(idempotency_key=external),
-        )
+        lines, context = random_order(rng, external)
+        ledger.place_order(CHANNEL, external, lines, context=context)
 
     return closed_loop(CALLERS, seconds, place, warmup=warmup)
 
@@ -269,13 +272,8 @@ def writer_alone(
         made = time.process_time()
         for n in range(orders):
             external = f"alone-{run_id}-{n}-{rng.getrandbits(32):08x}"
-            a, b = rng.sample(range(1, SKUS + 1), 2)
-            ledger.submit_order(
-                CHANNEL,
-                external,
-                [OrderLine("1", sku_name(a), 1), OrderLine("2", sku_name(b), 1)],
-                context=CommandContext(idempotency_key=external),
-            )
+            lines, context = random_order(rng, external)
+            ledger.submit_order(CHANNEL, external, lines, context=context)
         made = time.process_time() - made
         wall, cpu = time.perf_counter(), time.process_time()
         for start in range(0, orders, batch):
