@@ -101,11 +101,21 @@ def test_two_processes_never_oversell_keep_one_active_worker_each_and_take_over(
     survivor = second if victim is first else first
     victim.kill()
     killed = time.monotonic()
-    kit.wait_until(
-        lambda: all(pid == survivor.pid for pid in holders().values()),
-        "the survivor to take over every view and relay",
-        30,
-    )
+    seen: list[dict[str, int]] = []
+
+    def survivor_holds_every_lock() -> bool:
+        seen.append(holders())
+        return all(pid == survivor.pid for pid in seen[-1].values())
+
+    try:
+        kit.wait_until(survivor_holds_every_lock, "the survivor to take over every view and relay")
+    except AssertionError as error:
+        # Which worker stayed behind, and what the survivor said meanwhile (-1: no holder, or
+        # one that is neither process).
+        raise AssertionError(
+            f"{error}; holders last seen {seen[-1:]}, survivor {survivor.pid}, victim "
+            f"{victim.pid}; the survivor's log ends:\n{survivor.log()[-4000:]}"
+        ) from None
     took_over = time.monotonic() - killed
     answers = background.stop()
     answers.extend(kit.load([survivor.base_url], skus, threads=4, pause=0.01).run_for(2.0))
