@@ -93,7 +93,7 @@ async def awaited(ledger: Ledger, future: Future[WriteResult]) -> WriteResult:
         async with asyncio.timeout(ledger.COMMAND_TIMEOUT):
             result = await asyncio.shield(asyncio.wrap_future(future))
     except TimeoutError:
-        raise LedgerUnavailable("the ledger did not record the command in time") from None
+        raise LedgerUnavailable(ledger.COMMAND_TIMED_OUT) from None
     if result.position is None:
         result = await run_in_threadpool(ledger.with_position, result)  # reads the log's head
     return result

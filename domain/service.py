@@ -141,6 +141,8 @@ class Ledger(Application[UUID]):
     CACHE_SIZE = "STOCKLEDGER_AGGREGATE_CACHE_SIZE"
     RESERVATION_TTL = "STOCKLEDGER_RESERVATION_TTL"
     COMMAND_TIMEOUT = 30.0
+    # What a caller is told when the writer has not answered within COMMAND_TIMEOUT.
+    COMMAND_TIMED_OUT = "the ledger did not record the command in time"
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
@@ -960,7 +962,7 @@ class Ledger(Application[UUID]):
         try:
             result = future.result(timeout=self.COMMAND_TIMEOUT)
         except TimeoutError:
-            raise LedgerUnavailable("the ledger did not record the command in time") from None
+            raise LedgerUnavailable(self.COMMAND_TIMED_OUT) from None
         return self.with_position(result)
 
     def with_position(self, result: WriteResult) -> WriteResult:
