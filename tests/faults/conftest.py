@@ -40,6 +40,7 @@ import httpx
 import nats
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from adapters.embedded import EmbeddedNats, free_tcp_port
@@ -579,6 +580,9 @@ def assert_streams_exactly_once(database_url: str, nats_url: str) -> dict[str, i
     return figures
 
 
+TCP_ESTABLISHED = "01"  # the state column of /proc/net/tcp
+
+
 def advisory_holders(database_url: str) -> dict[int, int]:
     """Advisory lock key (as PostgreSQL shows it) -> the backend pid holding it."""
     with psycopg.connect(database_url, autocommit=True) as connection:
@@ -601,12 +605,19 @@ def backend_owner(
                 (list(backends),),
             ).fetchall()
         )
+    # A local port number is not unique: the kernel reuses it for other destinations, and a
+    # closed connection waiting out TIME_WAIT (inode 0) keeps it too. Only established
+    # connections to this PostgreSQL's port identify a backend's client.
+    server_port = int(conninfo_to_dict(database_url).get("port") or 5432)
     inode_by_port: dict[int, str] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as lines:
             next(lines)
             for line in lines:
                 fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[3] != TCP_ESTABLISHED or remote_port != server_port:
+                    continue
                 local_port = int(fields[1].rsplit(":", 1)[1], 16)
                 inode_by_port[local_port] = fields[9]
     owner_by_inode: dict[str, int] = {}
