@@ -50,6 +50,7 @@ from domain.stock import StockPosition
 TITLE = "place-order commands/s through the service (8 callers)"
 CALLERS = 8
 RAW_CONNECTIONS = 4
+RAW_TARGET = 0.5  # the service's rate, at least, as a share of the raw commits'
 SKUS = 1000
 
 
@@ -328,7 +329,7 @@ def run(ctx: Context) -> PartResult:
                     "orders/s vs raw 1-row commits (4 conns)",
                     service.rate,
                     raw.rate,
-                    0.5,
+                    RAW_TARGET,
                     "/s",
                     "raw psycopg INSERT+commit",
                 ),
@@ -403,6 +404,15 @@ def run(ctx: Context) -> PartResult:
                     f"batch preparation {steps.get('prepare', 0):.2f}, round trip "
                     f"{steps.get('round_trip', 0):.2f}, answering {steps.get('answer', 0):.2f}; "
                     f"whole call {steps.get('call', 0):.2f}"
+                )
+                # Little's law: 8 closed-loop callers at rate X each take 8 / X per call.
+                target_rate = RAW_TARGET * raw.rate
+                budget_ms = 1000 * CALLERS / target_rate
+                result.details["call_budget_ms_at_target"] = budget_ms
+                console.print(
+                    f"  at the target ({target_rate:,.0f}/s) each of the {CALLERS} callers has "
+                    f"{budget_ms:.2f} ms a call, all of it included (Little's law); recording one "
+                    f"batch of {alone['batch']:.0f} alone took {alone['recording_wall_ms']:.2f} ms"
                 )
                 profile = profile_call(
                     "p1_service",
