@@ -51,7 +51,7 @@ from eventsourcing.utils import Environment, EnvType
 from psycopg import Connection, Cursor
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import PoolTimeout
 
@@ -234,11 +234,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         # the server runs it, not across round trips, so batches follow each other closely.
         if not stored_events:
             return self._insert_claims_only(claims)
-        with self._writer() as conn, conn.cursor() as curs:
-            curs.execute(self._one_round_trip_batch(stored_events, claims))
+        with self._writer() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            # Never prepared: each batch's text is new, and psycopg would count every one of
+            # them (hashing the whole text) to prepare those that recur.
+            curs.execute(self._one_round_trip_batch(stored_events, claims), prepare=False)
             while curs.description is None and curs.nextset():
                 pass  # past the results of BEGIN, SET, LOCK and NOTIFY to the insert's
-            return [row["notification_id"] for row in curs.fetchall()]
+            return [row[0] for row in curs.fetchall()]
 
     def _insert_claims_only(self, claims: Sequence[IdempotencyClaim]) -> Sequence[int]:
         if not claims:
