@@ -23,7 +23,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import PersistenceError
 
 from domain.base import CommandMetadata
-from domain.committer import Command, GroupCommitter, Scope, WriteResult
+from domain.committer import LINGER_SECONDS, Command, GroupCommitter, Scope, WriteResult
 from domain.errors import (
     AlreadyExists,
     InsufficientStock,
@@ -140,6 +140,7 @@ class Ledger(Application[UUID]):
     SNAPSHOT_INTERVAL = "STOCKLEDGER_SNAPSHOT_INTERVAL"
     CACHE_SIZE = "STOCKLEDGER_AGGREGATE_CACHE_SIZE"
     RESERVATION_TTL = "STOCKLEDGER_RESERVATION_TTL"
+    BATCH_LINGER = "STOCKLEDGER_BATCH_LINGER_SECONDS"
     COMMAND_TIMEOUT = 30.0
     # What a caller is told when the writer has not answered within COMMAND_TIMEOUT.
     COMMAND_TIMED_OUT = "the ledger did not record the command in time"
@@ -160,6 +161,7 @@ class Ledger(Application[UUID]):
             snapshots=self.snapshots,
             snapshot_interval=int(self.env.get(self.SNAPSHOT_INTERVAL) or "200"),
             cache_size=int(self.env.get(self.CACHE_SIZE) or "200000"),
+            linger=float(self.env.get(self.BATCH_LINGER) or LINGER_SECONDS),
         )
 
     def close(self) -> None:

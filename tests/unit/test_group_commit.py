@@ -1,0 +1,97 @@
+"""How the writer groups commands into batches: concurrent callers share a transaction, a lone
+caller is never kept waiting for company."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from adapters.memory import MEMORY_ENV
+from domain.base import CommandMetadata
+from domain.committer import Command, Scope
+from domain.service import Ledger, OrderLine
+from tests.unit.conftest import register_standard_locations
+
+SKU = "SKU-1"
+# Long enough that a test would notice waiting it out; a batch that fills up never waits it.
+LONG_LINGER = "5"
+
+
+@pytest.fixture
+def lingering() -> Iterator[Ledger]:
+    ledger = Ledger(env={**MEMORY_ENV, Ledger.BATCH_LINGER: LONG_LINGER})
+    register_standard_locations(ledger)
+    ledger.receive(SKU, "WH-A", 100)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _batches(ledger: Ledger) -> int:
+    return ledger.committer.stats["batches"]
+
+
+def test_a_lone_caller_is_answered_without_waiting_for_company(lingering: Ledger) -> None:
+    began = time.monotonic()
+    for number in range(3):
+        placed = lingering.place_order("shopify", f"alone-{number}", [OrderLine("1", SKU, 1)])
+        assert placed.body["status"] == "reserved"
+    assert time.monotonic() - began < float(LONG_LINGER)
+
+
+def test_callers_answered_while_others_queued_share_the_next_batch(lingering: Ledger) -> None:
+    # One command holds the writer while two orders queue behind it; when it is answered, its
+    # caller comes back (a moment later, as a caller does) with another order, which joins the
+    # two in one batch.
+    release = threading.Event()
+
+    def hold_the_writer(scope: Scope) -> dict[str, Any]:
+        release.wait(timeout=5)
+        return {}
+
+    held = lingering.committer.submit(
+        Command("test.hold", "-", None, hold_the_writer, CommandMetadata("hold", "hold"))
+    )
+    queued = [
+        lingering.submit_order("shopify", f"queued-{number}", [OrderLine("1", SKU, 1)])
+        for number in range(2)
+    ]
+    before = _batches(lingering)
+    release.set()
+    held.result(timeout=5)
+    time.sleep(0.2)
+    began = time.monotonic()
+    returning = lingering.place_order("shopify", "returning", [OrderLine("1", SKU, 1)])
+
+    assert returning.body["status"] == "reserved"
+    assert all(lingering.outcome(future).body["status"] == "reserved" for future in queued)
+    assert _batches(lingering) == before + 2  # the hold's batch, then the three orders' one
+    assert time.monotonic() - began < float(LONG_LINGER)  # a full batch goes at once
+
+
+def test_a_batch_goes_when_the_linger_is_over_though_callers_stay_away() -> None:
+    ledger = Ledger(env={**MEMORY_ENV, Ledger.BATCH_LINGER: "0.05"})
+    register_standard_locations(ledger)
+    ledger.receive(SKU, "WH-A", 10)
+    release = threading.Event()
+
+    def hold_the_writer(scope: Scope) -> dict[str, Any]:
+        release.wait(timeout=5)
+        return {}
+
+    try:
+        held = ledger.committer.submit(
+            Command("test.hold", "-", None, hold_the_writer, CommandMetadata("hold", "hold"))
+        )
+        queued = ledger.submit_order("shopify", "queued", [OrderLine("1", SKU, 1)])
+        release.set()
+        held.result(timeout=5)
+        # The hold's caller does not come back: the queued order is recorded all the same.
+        assert ledger.outcome(queued).body["status"] == "reserved"
+    finally:
+        ledger.close()
