@@ -10,12 +10,11 @@ from typing import Annotated, Any, NoReturn
 
 import psycopg
 import typer
-from pydantic import ValidationError
 
 from adapters.migrations import migrate as apply_migrations
 from api.exception_commands import exceptions_app
 from api.runtime import Runtime
-from api.settings import Settings
+from api.settings import Settings, SettingsError, load_settings
 from api.view_commands import availability_command, history, projections_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="stockledger: the ledger.")
@@ -28,11 +27,9 @@ def main() -> None:
 
 def _settings() -> Settings:
     try:
-        return Settings()
-    except ValidationError as error:
-        first = error.errors()[0]
-        name = "STOCKLEDGER_" + str(first["loc"][0]).upper()
-        _fail(f"{name}: {first['msg']}")
+        return load_settings()
+    except SettingsError as error:
+        _fail(str(error))
 
 
 def _fail(message: str) -> NoReturn:

@@ -36,9 +36,12 @@ def _fail(message: str) -> NoReturn:
 
 
 def _database_url() -> str:
-    from api.settings import Settings
+    from api.settings import SettingsError, load_settings
 
-    url = Settings().database_url
+    try:
+        url = load_settings().database_url
+    except SettingsError as error:
+        _fail(str(error))
     if not url:
         _fail("STOCKLEDGER_DATABASE_URL is not set")
     return url

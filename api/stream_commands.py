@@ -24,7 +24,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from adapters.embedded import NATS_SUBDIR
-from api.settings import Settings
+from api.settings import Settings, SettingsError, load_settings
 
 DEFAULT_SUBJECT = "stockledger.events.>"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -125,7 +125,11 @@ async def tail(url: str, subject: str, *, limit: int | None = None) -> int:
 
 def subscribe_command(subject: str | None) -> None:
     """Tail the event stream (default ``stockledger.events.>``), one line per message."""
-    url = nats_url(Settings())
+    try:
+        url = nats_url(load_settings())
+    except SettingsError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from None
     wanted = subject or DEFAULT_SUBJECT
     typer.secho(f"listening on {wanted} at {url} (Ctrl-C to stop)", err=True, dim=True)
     try:

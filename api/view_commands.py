@@ -35,9 +35,12 @@ def _fail(message: str) -> typer.Exit:
 
 
 def database_url() -> str:
-    from api.settings import Settings
+    from api.settings import SettingsError, load_settings
 
-    url = Settings().database_url
+    try:
+        url = load_settings().database_url
+    except SettingsError as error:
+        _fail(str(error))
     if not url:
         _fail("STOCKLEDGER_DATABASE_URL is not set")
     assert url is not None

@@ -58,6 +58,7 @@ MAX_TEXT = 500
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _Aggregate = TypeVar("_Aggregate")
+_Number = TypeVar("_Number", int, float)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
 
@@ -159,10 +160,25 @@ class Ledger(Application[UUID]):
             mapper=self.mapper,
             repository=self.repository,
             snapshots=self.snapshots,
-            snapshot_interval=int(self.env.get(self.SNAPSHOT_INTERVAL) or "200"),
-            cache_size=int(self.env.get(self.CACHE_SIZE) or "200000"),
-            linger=float(self.env.get(self.BATCH_LINGER) or LINGER_SECONDS),
+            snapshot_interval=self._number(self.SNAPSHOT_INTERVAL, int, 200),
+            cache_size=self._number(self.CACHE_SIZE, int, 200_000, least=1),
+            linger=self._number(self.BATCH_LINGER, float, LINGER_SECONDS),
         )
+
+    def _number(
+        self, name: str, kind: Callable[[str], _Number], default: _Number, *, least: int = 0
+    ) -> _Number:
+        """The setting ``name`` from the environment; a clear error when it is not a number."""
+        text = self.env.get(name)
+        if not text:
+            return default
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not least <= value < float("inf"):
+            raise ValidationFailed(f"{name} must be a number of at least {least}, not {text!r}")
+        return value
 
     def close(self) -> None:
         self.committer.close()

@@ -383,6 +383,21 @@ def test_a_view_command_without_a_database_url_fails_with_one_line(args: tuple[s
     assert line == "error: STOCKLEDGER_DATABASE_URL is not set"
 
 
+def test_a_view_command_with_a_bad_ledger_setting_fails_with_one_line_naming_it() -> None:
+    result = subprocess.run(
+        [str(STOCKLEDGER), "projections", "status"],
+        env=_environment(UNREACHABLE_DATABASE) | {"STOCKLEDGER_AGGREGATE_CACHE_SIZE": "many"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    line = _one_line_error(result)
+
+    assert line.startswith("error: STOCKLEDGER_AGGREGATE_CACHE_SIZE: ")
+
+
 @pytest.mark.parametrize(
     "args", [("projections", "status"), ("availability", "SKU-1", "--channel", "shopify")]
 )

@@ -128,3 +128,27 @@ def test_fastapi_opentelemetry_is_on_only_when_asked_for(
     telemetry = create_app(settings)._telemetry
 
     assert (telemetry["tracing"], telemetry["metrics"], telemetry["logs"]) == (wanted,) * 3
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STOCKLEDGER_BATCH_LINGER_SECONDS", "soon"),
+        ("STOCKLEDGER_BATCH_LINGER_SECONDS", "5"),
+        ("STOCKLEDGER_AGGREGATE_CACHE_SIZE", "0"),
+        ("STOCKLEDGER_SNAPSHOT_INTERVAL", "-1"),
+        ("STOCKLEDGER_RESERVATION_TTL", "a while"),
+    ],
+)
+def test_serve_with_a_bad_ledger_setting_fails_with_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv("STOCKLEDGER_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv(variable, value)
+
+    result = CliRunner().invoke(cli, ["serve"])
+
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {variable}: ")

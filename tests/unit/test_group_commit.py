@@ -13,6 +13,7 @@ import pytest
 from adapters.memory import MEMORY_ENV
 from domain.base import CommandMetadata
 from domain.committer import Command, Scope
+from domain.errors import ValidationFailed
 from domain.service import Ledger, OrderLine
 from tests.unit.conftest import register_standard_locations
 
@@ -95,3 +96,9 @@ def test_a_batch_goes_when_the_linger_is_over_though_callers_stay_away() -> None
         assert ledger.outcome(queued).body["status"] == "reserved"
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("value", ["soon", "-0.1", "nan", "inf"])
+def test_a_linger_that_is_not_a_usable_number_is_refused_naming_the_setting(value: str) -> None:
+    with pytest.raises(ValidationFailed, match=Ledger.BATCH_LINGER):
+        Ledger(env={**MEMORY_ENV, Ledger.BATCH_LINGER: value})
