@@ -316,41 +316,29 @@ class GroupCommitter:
             if first is None:
                 return
             batch = [first]
-            if not self._drain(batch):
-                self._process(batch)
-                return
+            going_on = self._take_more(batch, self._max_batch)
             # The callers just answered are likely back within moments: a short wait lets their
             # commands share this batch's transaction instead of needing their own.
-            if concurrent and not self._wait_for_more(batch, len(batch) + answered):
-                self._process(batch)
-                return
+            if going_on and concurrent and self._linger > 0:
+                expected = min(len(batch) + answered, self._max_batch)
+                going_on = self._take_more(batch, expected, time.monotonic() + self._linger)
             self._process(batch)
+            if not going_on:
+                return
             answered = len(batch)
 
-    def _drain(self, batch: list[Command]) -> bool:
-        """Adds what is waiting to ``batch``; False when the committer is closing."""
-        while len(batch) < self._max_batch:
+    def _take_more(self, batch: list[Command], limit: int, deadline: float | None = None) -> bool:
+        """Adds commands to ``batch``, up to ``limit``: those waiting, and with a ``deadline``
+        those that arrive before it. False when the committer is closing."""
+        while len(batch) < limit:
             try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                return True
-            if nxt is None:
-                return False
-            batch.append(nxt)
-        return True
-
-    def _wait_for_more(self, batch: list[Command], expected: int) -> bool:
-        """Adds commands to ``batch`` as they arrive, until ``expected`` or the linger is over;
-        False when the committer is closing."""
-        if self._linger <= 0:
-            return True
-        deadline = time.monotonic() + self._linger
-        while len(batch) < min(expected, self._max_batch):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return True
-            try:
-                nxt = self._queue.get(timeout=remaining)
+                if deadline is None:
+                    nxt = self._queue.get_nowait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return True
+                    nxt = self._queue.get(timeout=remaining)
             except queue.Empty:
                 return True
             if nxt is None:
