@@ -7,13 +7,17 @@ then WH-B) and one store serving ``pos``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
 import pytest
 
 from adapters.memory import MEMORY_ENV
+from domain.base import CommandMetadata
+from domain.committer import Command, Scope
 from domain.keys import position_id
 from domain.service import Ledger
 
@@ -53,6 +57,26 @@ class Probe:
             start=position + 1, limit=1_000_000
         )
         return [self.ledger.mapper.to_domain_event(n) for n in notifications]
+
+
+@contextmanager
+def holding_the_writer(ledger: Ledger) -> Iterator[None]:
+    """Keeps the ledger's writer busy with a command that waits for the block to end, so that
+    what the block submits queues behind it; the holding command is answered on the way out."""
+    release = threading.Event()
+
+    def hold(scope: Scope) -> dict[str, Any]:
+        release.wait(timeout=5)
+        return {}
+
+    held = ledger.committer.submit(
+        Command("test.hold", "-", None, hold, CommandMetadata("hold", "hold"))
+    )
+    try:
+        yield
+    finally:
+        release.set()
+        held.result(timeout=5)
 
 
 def register_standard_locations(ledger: Ledger) -> None:

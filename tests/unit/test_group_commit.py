@@ -3,19 +3,15 @@ caller is never kept waiting for company."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from adapters.memory import MEMORY_ENV
-from domain.base import CommandMetadata
-from domain.committer import Command, Scope
 from domain.errors import ValidationFailed
 from domain.service import Ledger, OrderLine
-from tests.unit.conftest import register_standard_locations
+from tests.unit.conftest import holding_the_writer, register_standard_locations
 
 SKU = "SKU-1"
 # Long enough that a test would notice waiting it out; a batch that fills up never waits it.
@@ -49,22 +45,12 @@ def test_callers_answered_while_others_queued_share_the_next_batch(lingering: Le
     # One command holds the writer while two orders queue behind it; when it is answered, its
     # caller comes back (a moment later, as a caller does) with another order, which joins the
     # two in one batch.
-    release = threading.Event()
-
-    def hold_the_writer(scope: Scope) -> dict[str, Any]:
-        release.wait(timeout=5)
-        return {}
-
-    held = lingering.committer.submit(
-        Command("test.hold", "-", None, hold_the_writer, CommandMetadata("hold", "hold"))
-    )
-    queued = [
-        lingering.submit_order("shopify", f"queued-{number}", [OrderLine("1", SKU, 1)])
-        for number in range(2)
-    ]
     before = _batches(lingering)
-    release.set()
-    held.result(timeout=5)
+    with holding_the_writer(lingering):
+        queued = [
+            lingering.submit_order("shopify", f"queued-{number}", [OrderLine("1", SKU, 1)])
+            for number in range(2)
+        ]
     time.sleep(0.2)
     began = time.monotonic()
     returning = lingering.place_order("shopify", "returning", [OrderLine("1", SKU, 1)])
@@ -79,19 +65,9 @@ def test_a_batch_goes_when_the_linger_is_over_though_callers_stay_away() -> None
     ledger = Ledger(env={**MEMORY_ENV, Ledger.BATCH_LINGER: "0.05"})
     register_standard_locations(ledger)
     ledger.receive(SKU, "WH-A", 10)
-    release = threading.Event()
-
-    def hold_the_writer(scope: Scope) -> dict[str, Any]:
-        release.wait(timeout=5)
-        return {}
-
     try:
-        held = ledger.committer.submit(
-            Command("test.hold", "-", None, hold_the_writer, CommandMetadata("hold", "hold"))
-        )
-        queued = ledger.submit_order("shopify", "queued", [OrderLine("1", SKU, 1)])
-        release.set()
-        held.result(timeout=5)
+        with holding_the_writer(ledger):
+            queued = ledger.submit_order("shopify", "queued", [OrderLine("1", SKU, 1)])
         # The hold's caller does not come back: the queued order is recorded all the same.
         assert ledger.outcome(queued).body["status"] == "reserved"
     finally:

@@ -3,7 +3,6 @@ refunds, and the correlation/causation metadata of every event."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -12,8 +11,6 @@ from typing import Any
 import pytest
 
 from adapters.memory import MEMORY_ENV
-from domain.base import CommandMetadata
-from domain.committer import Command, Scope
 from domain.errors import (
     AlreadyExists,
     IdempotencyKeyReused,
@@ -31,6 +28,7 @@ from domain.service import (
     PosLine,
     ReturnLine,
 )
+from tests.unit.conftest import holding_the_writer
 
 SKU = "SKU-1"
 OTHER = "SKU-2"
@@ -913,20 +911,11 @@ def test_a_submitted_order_whose_caller_stopped_waiting_is_recorded_and_the_writ
     shop: Ledger,
 ) -> None:
     shop.receive(SKU, "WH-A", 5)
-    release = threading.Event()
 
-    def hold_the_writer(scope: Scope) -> dict[str, Any]:
-        release.wait(timeout=5)
-        return {}
-
-    held = shop.committer.submit(
-        Command("test.hold", "-", None, hold_the_writer, CommandMetadata("hold", "hold"))
-    )
-    given_up = shop.submit_order("shopify", "given-up", [OrderLine("1", SKU, 2)])
-    same_batch = shop.submit_order("shopify", "same-batch", [OrderLine("1", SKU, 1)])
-    assert given_up.cancel()  # as a request that stops waiting would
-    release.set()
-    held.result(timeout=5)
+    with holding_the_writer(shop):
+        given_up = shop.submit_order("shopify", "given-up", [OrderLine("1", SKU, 2)])
+        same_batch = shop.submit_order("shopify", "same-batch", [OrderLine("1", SKU, 1)])
+        assert given_up.cancel()  # as a request that stops waiting would
 
     after = shop.place_order("shopify", "after", [OrderLine("1", SKU, 1)])
 
