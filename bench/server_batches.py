@@ -14,14 +14,11 @@ import argparse
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from adapters.migrations import migrate
-from bench.common import console, drop_database, find_postgres, with_database, write_json
+from bench.common import Context, console, find_postgres, write_json
 
 # A reservation's state is about this size once encoded.
 STATE = "E'\\\\x7b22" + "61" * 300 + "227d'"
@@ -94,38 +91,30 @@ def main() -> int:
     if shutil.which("pgbench") is None:
         console.print("pgbench is not installed (Debian: postgresql-client)")
         return 2
-    work = Path(tempfile.mkdtemp(prefix="server_batches_"))
-    admin_url, server = find_postgres(work, args.database_url)
-    name = "stockledger_bench_server_batches"
-    drop_database(admin_url, name)
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    url = with_database(admin_url, name)
+    ctx = Context(quick=False, out=args.out.resolve(), admin_url="")
     try:
-        migrate(url)
-        cases: dict[str, tuple[str, int]] = {"one-row INSERT commit (baseline)": (ONE_ROW, 0)}
-        for orders in (1, 4, 8, 16):
-            cases[f"batch of {orders}"] = (batch_statement(orders), orders)
-        cases["batch of 4, no lock"] = (batch_statement(4, lock=False), 4)
-        cases["batch of 4, no notify"] = (batch_statement(4, notify=False), 4)
-        cases["batch of 4, no keys"] = (batch_statement(4, keys=False), 4)
-        results: list[dict[str, object]] = []
-        for label, (text, orders) in cases.items():
-            script = work / f"{len(results)}.sql"
-            script.write_text(text)
-            latency = run_pgbench(url, script, args.seconds)
-            rate = 1000 / latency * (orders or 1)
-            results.append({"case": label, "orders": orders, "ms": latency, "per_second": rate})
-            console.print(
-                f"  {label:<34} {latency:6.3f} ms a transaction, "
-                f"{rate:8,.0f} {'orders' if orders else 'commits'}/s"
-            )
+        ctx.admin_url, ctx._embedded_pg = find_postgres(ctx.workdir, args.database_url)
+        with ctx.database("server_batches") as url:
+            cases: dict[str, tuple[str, int]] = {"one-row INSERT commit (baseline)": (ONE_ROW, 0)}
+            for orders in (1, 4, 8, 16):
+                cases[f"batch of {orders}"] = (batch_statement(orders), orders)
+            cases["batch of 4, no lock"] = (batch_statement(4, lock=False), 4)
+            cases["batch of 4, no notify"] = (batch_statement(4, notify=False), 4)
+            cases["batch of 4, no keys"] = (batch_statement(4, keys=False), 4)
+            results: list[dict[str, object]] = []
+            for label, (text, orders) in cases.items():
+                script = ctx.workdir / f"{len(results)}.sql"
+                script.write_text(text)
+                latency = run_pgbench(url, script, args.seconds)
+                rate = 1000 / latency * (orders or 1)
+                results.append({"case": label, "orders": orders, "ms": latency, "per_second": rate})
+                console.print(
+                    f"  {label:<34} {latency:6.3f} ms a transaction, "
+                    f"{rate:8,.0f} {'orders' if orders else 'commits'}/s"
+                )
         write_json(args.out / "server_batches.json", {"seconds": args.seconds, "cases": results})
     finally:
-        drop_database(admin_url, name)
-        if server is not None:
-            server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        ctx.close()
     return 0
 
 
