@@ -165,10 +165,21 @@ class _BatchState:
         self.working: dict[UUID, LedgerAggregate] = {}
         self.base_versions: dict[UUID, int] = {}
         self.from_cache: dict[UUID, int] = {}
+        # What the batch's commands have read so far: most read the same few aggregates (the
+        # locations), and looking them up once is enough for the batch.
+        self._loaded: dict[UUID, LedgerAggregate | None] = {}
 
     def load(self, aggregate_id: UUID) -> LedgerAggregate | None:
         if aggregate_id in self.working:
             return self.working[aggregate_id]
+        loaded = self._loaded.get(aggregate_id, _MISSING)
+        if loaded is not _MISSING:
+            return loaded  # type: ignore[return-value]
+        aggregate = self._load(aggregate_id)
+        self._loaded[aggregate_id] = aggregate
+        return aggregate
+
+    def _load(self, aggregate_id: UUID) -> LedgerAggregate | None:
         if aggregate_id in self.assumed_absent:
             return None  # not cached either: whether it exists is only known once it commits
         # Fresh reads go to the store once per batch; the cache then holds what they read.
