@@ -15,6 +15,8 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     UUIDAsHex,
 )
+from hypothesis import given
+from hypothesis.strategies import datetimes, just, timezones
 
 from adapters.memory import MEMORY_ENV
 from adapters.transcoding import OrjsonTranscoder
@@ -64,6 +66,14 @@ def test_orjson_transcoder_writes_the_same_json_and_reads_back_the_same_state(
     assert encoded == standard.encode(state)
     if state.get("nan") is None:
         assert fast.decode(encoded) == standard.decode(encoded)
+
+
+@given(datetimes(timezones=just(UTC)) | datetimes(timezones=timezones()) | datetimes())
+def test_a_timestamp_is_written_as_the_standard_transcoder_writes_it(when: datetime) -> None:
+    fast, standard = _transcoders()
+    state = {"timestamp": when, "nested": [{"at": when}]}
+    assert fast.encode(state) == standard.encode(state)
+    assert fast.decode(fast.encode(state)) == state
 
 
 def test_a_type_without_a_transcoding_is_refused_as_before() -> None:
