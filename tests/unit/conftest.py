@@ -63,15 +63,18 @@ class Probe:
 def holding_the_writer(ledger: Ledger) -> Iterator[None]:
     """Keeps the ledger's writer busy with a command that waits for the block to end, so that
     what the block submits queues behind it; the holding command is answered on the way out."""
-    release = threading.Event()
+    holding, release = threading.Event(), threading.Event()
 
     def hold(scope: Scope) -> dict[str, Any]:
+        holding.set()
         release.wait(timeout=5)
         return {}
 
     held = ledger.committer.submit(
         Command("test.hold", "-", None, hold, CommandMetadata("hold", "hold"))
     )
+    # Once it runs, its batch is made: what the block submits queues behind it.
+    assert holding.wait(timeout=5), "the writer did not start the holding command"
     try:
         yield
     finally:

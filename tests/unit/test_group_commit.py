@@ -3,12 +3,15 @@ caller is never kept waiting for company."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 
 import pytest
 
 from adapters.memory import MEMORY_ENV
+from domain.committer import WriteResult
 from domain.errors import ValidationFailed
 from domain.service import Ledger, OrderLine
 from tests.unit.conftest import holding_the_writer, register_standard_locations
@@ -72,6 +75,43 @@ def test_a_batch_goes_when_the_linger_is_over_though_callers_stay_away() -> None
         assert ledger.outcome(queued).body["status"] == "reserved"
     finally:
         ledger.close()
+
+
+def test_an_order_sources_from_a_location_an_earlier_command_of_its_batch_changed(
+    shop: Ledger,
+) -> None:
+    # Every order of a batch reads the channel's locations, which the batch looks up once; a
+    # change to one by a command between two orders must still be seen by the second.
+    shop.receive(SKU, "WH-A", 10)
+    shop.receive(SKU, "WH-B", 10)
+    before = _batches(shop)
+    with holding_the_writer(shop):
+        first = shop.submit_order("shopify", "before-change", [OrderLine("1", SKU, 1)])
+        change = threading.Thread(
+            target=shop.register_location,
+            args=("WH-B",),
+            kwargs={"name": "Warehouse B", "kind": "warehouse", "channels": ["shopify"]}
+            | {"priority": 0},
+        )
+        change.start()
+        _wait_for_queued(shop, 2)
+        second = shop.submit_order("shopify", "after-change", [OrderLine("1", SKU, 1)])
+    change.join(timeout=5)
+
+    def sources(future: Future[WriteResult]) -> list[str]:
+        lines = shop.outcome(future).body["lines"]
+        return [allocation["location"] for allocation in lines[0]["allocations"]]
+
+    assert sources(first) == ["WH-A"]
+    assert sources(second) == ["WH-B"]
+    assert _batches(shop) == before + 2  # the hold's batch, then the three commands' one
+
+
+def _wait_for_queued(ledger: Ledger, commands: int) -> None:
+    deadline = time.monotonic() + 5
+    while ledger.committer._queue.qsize() < commands:
+        assert time.monotonic() < deadline, "the command was not queued"
+        time.sleep(0.001)
 
 
 @pytest.mark.parametrize("value", ["soon", "-0.1", "nan", "inf"])
