@@ -90,8 +90,7 @@ def test_an_order_sources_from_a_location_an_earlier_command_of_its_batch_change
         change = threading.Thread(
             target=shop.register_location,
             args=("WH-B",),
-            kwargs={"name": "Warehouse B", "kind": "warehouse", "channels": ["shopify"]}
-            | {"priority": 0},
+            kwargs={"name": "B", "kind": "warehouse", "channels": ["shopify"], "priority": 0},
         )
         change.start()
         _wait_for_queued(shop, 2)
