@@ -26,8 +26,8 @@ class Settings(BaseSettings):
     reservation_ttl: str = "30m"
     # The writer's tuning (domain/committer.py): read by the ledger from the environment too,
     # checked here so that a bad value stops start-up with one line.
-    snapshot_interval: int = Field(default=200, ge=0)
-    aggregate_cache_size: int = Field(default=200_000, ge=1)
+    snapshot_interval: int = Field(default=Ledger.DEFAULT_SNAPSHOT_INTERVAL, ge=0)
+    aggregate_cache_size: int = Field(default=Ledger.DEFAULT_CACHE_SIZE, ge=1)
     batch_linger_seconds: float = Field(default=LINGER_SECONDS, ge=0, le=1)
     # The API's own knobs (the SPEC fixes the body limit at 1 MiB; tests and proxies may vary it).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)

@@ -142,6 +142,9 @@ class Ledger(Application[UUID]):
     CACHE_SIZE = "STOCKLEDGER_AGGREGATE_CACHE_SIZE"
     RESERVATION_TTL = "STOCKLEDGER_RESERVATION_TTL"
     BATCH_LINGER = "STOCKLEDGER_BATCH_LINGER_SECONDS"
+    # The writer's defaults, which the API's typed settings share.
+    DEFAULT_SNAPSHOT_INTERVAL = 200
+    DEFAULT_CACHE_SIZE = 200_000
     COMMAND_TIMEOUT = 30.0
     # What a caller is told when the writer has not answered within COMMAND_TIMEOUT.
     COMMAND_TIMED_OUT = "the ledger did not record the command in time"
@@ -160,8 +163,10 @@ class Ledger(Application[UUID]):
             mapper=self.mapper,
             repository=self.repository,
             snapshots=self.snapshots,
-            snapshot_interval=self._number(self.SNAPSHOT_INTERVAL, int, 200),
-            cache_size=self._number(self.CACHE_SIZE, int, 200_000, least=1),
+            snapshot_interval=self._number(
+                self.SNAPSHOT_INTERVAL, int, self.DEFAULT_SNAPSHOT_INTERVAL
+            ),
+            cache_size=self._number(self.CACHE_SIZE, int, self.DEFAULT_CACHE_SIZE, least=1),
             linger=self._number(self.BATCH_LINGER, float, LINGER_SECONDS),
         )
 
