@@ -11,13 +11,19 @@ Baselines, measured in the same run on the same PostgreSQL:
   positions, open the order, reserve, save; retried on a version conflict. 8 callers.
 
 Targets: >= 0.5x the raw commit rate, >= 3x the naive rate.
+
+Beside the check, the same load from 8 callers that are tasks on one event loop
+(``Ledger.submit_order``, the future awaited on the loop, as the HTTP API calls the service): how
+much of an order's cost is its blocking callers' (threads handing the GIL back and forth).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
@@ -186,6 +192,50 @@ def service_load(ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.
         ledger.place_order(CHANNEL, external, lines, context=context)
 
     return closed_loop(CALLERS, seconds, place, warmup=warmup)
+
+
+def loop_callers_load(
+    ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.0
+) -> LoadResult:
+    """``service_load`` with the callers as tasks on one event loop (uvloop, as ``serve`` runs
+    when it is installed): each submits its order and awaits the writer's answer there."""
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def load() -> float:
+        loop = asyncio.get_running_loop()
+        begin = loop.time() + warmup
+        end = begin + seconds
+
+        async def caller(worker: int) -> None:
+            rng = random.Random(300 + worker)
+            n = 0
+            while (started := loop.time()) < end:
+                n += 1
+                external = f"loop-{run_id}-{worker}-{n}-{rng.getrandbits(32):08x}"
+                lines, context = random_order(rng, external)
+                try:
+                    future = ledger.submit_order(CHANNEL, external, lines, context=context)
+                    await asyncio.wrap_future(future)
+                except Exception as error:  # counted, and a few kept for the report
+                    if started >= begin:
+                        errors.append(f"{type(error).__name__}: {error}"[:300])
+                    continue
+                if started >= begin:
+                    latencies.append(loop.time() - started)
+
+        await asyncio.gather(*(caller(worker) for worker in range(CALLERS)))
+        return loop.time() - begin
+
+    run: Callable[[Coroutine[Any, Any, float]], float] = asyncio.run
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it on Linux
+        pass
+    elapsed = run(load())
+    return LoadResult(len(latencies), len(errors), min(elapsed, seconds), latencies, errors[:5])
 
 
 def timeline(ledger: Ledger, seconds: float, run_id: str) -> dict[str, float]:
@@ -386,6 +436,29 @@ def run(ctx: Context) -> PartResult:
             )
             if service.errors:
                 result.notes.append(f"service errors: {service.error_samples[:2]}")
+            before = dict(ledger.committer.stats)
+            cpu = time.process_time()
+            on_loop = loop_callers_load(ledger, seconds, ctx.run_id)
+            cpu = time.process_time() - cpu
+            after = dict(ledger.committer.stats)
+            loop_batch = (after["commands"] - before["commands"]) / max(
+                after["batches"] - before["batches"], 1
+            )
+            result.details["loop_callers"] = {
+                "orders_per_second": on_loop.rate,
+                "orders": on_loop.operations,
+                "errors": on_loop.errors,
+                "latency_ms": summarize(on_loop.latencies, 1000),
+                "cpu_us_per_order": 1e6 * cpu / max(on_loop.operations, 1),
+                "commands_per_batch": loop_batch,
+            }
+            result.notes.append(
+                f"the same load from {CALLERS} tasks on one event loop (submit_order, awaited "
+                f"as the API does): {on_loop.rate:,.0f}/s ({on_loop.rate / raw.rate:.2f}x raw), "
+                f"{1e6 * cpu / max(on_loop.operations, 1):,.0f} µs of CPU an order, "
+                f"{loop_batch:.1f} commands per batch, {on_loop.errors} errors "
+                "(not the check: its callers are threads)"
+            )
             if not result.passed and ctx.profile:
                 alone = writer_alone(ledger, ctx.run_id)
                 result.details["writer_alone"] = alone
