@@ -174,21 +174,20 @@ def naive_commands(url: str, seconds: float, run_id: str) -> tuple[LoadResult, d
 
 
 # --- the service -----------------------------------------------------------------------------
-def random_order(rng: random.Random, external: str) -> tuple[list[OrderLine], CommandContext]:
-    """An order's lines (one unit each of two random SKUs) and its context (its own id as the
-    idempotency key), as the API would pass them."""
+def random_order(rng: random.Random, name: str) -> tuple[str, list[OrderLine], CommandContext]:
+    """An order's external id (``name`` and a random suffix), its lines (one unit each of two
+    random SKUs) and its context (the id as the idempotency key), as the API would pass them."""
+    external = f"{name}-{rng.getrandbits(32):08x}"
     a, b = rng.sample(range(1, SKUS + 1), 2)
     lines = [OrderLine("1", sku_name(a), 1), OrderLine("2", sku_name(b), 1)]
-    return lines, CommandContext(idempotency_key=external)
+    return external, lines, CommandContext(idempotency_key=external)
 
 
 def service_load(ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.0) -> LoadResult:
     randoms = [random.Random(100 + i) for i in range(CALLERS)]
 
     def place(worker: int, n: int) -> None:
-        rng = randoms[worker]
-        external = f"svc-{run_id}-{worker}-{n}-{rng.getrandbits(32):08x}"
-        lines, context = random_order(rng, external)
+        external, lines, context = random_order(randoms[worker], f"svc-{run_id}-{worker}-{n}")
         ledger.place_order(CHANNEL, external, lines, context=context)
 
     return closed_loop(CALLERS, seconds, place, warmup=warmup)
@@ -212,8 +211,7 @@ def loop_callers_load(
             n = 0
             while (started := clock()) < end:
                 n += 1
-                external = f"loop-{run_id}-{worker}-{n}-{rng.getrandbits(32):08x}"
-                lines, context = random_order(rng, external)
+                external, lines, context = random_order(rng, f"loop-{run_id}-{worker}-{n}")
                 try:
                     future = ledger.submit_order(CHANNEL, external, lines, context=context)
                     await asyncio.wrap_future(future)
@@ -322,8 +320,7 @@ def writer_alone(
     try:
         made = time.process_time()
         for n in range(orders):
-            external = f"alone-{run_id}-{n}-{rng.getrandbits(32):08x}"
-            lines, context = random_order(rng, external)
+            external, lines, context = random_order(rng, f"alone-{run_id}-{n}")
             ledger.submit_order(CHANNEL, external, lines, context=context)
         made = time.process_time() - made
         wall, cpu = time.perf_counter(), time.process_time()
