@@ -192,7 +192,7 @@ def main() -> int:
         return 0
     scenarios = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(scenarios) - set(SCENARIOS))
-    if unknown or args.orders < 1:
+    if unknown or not scenarios or args.orders < 1:
         console.print(f"--only takes {', '.join(SCENARIOS)}; --orders at least 1")
         return 2
     if shutil.which("valgrind") is None:
