@@ -193,6 +193,18 @@ def service_load(ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.
     return closed_loop(CALLERS, seconds, place, warmup=warmup)
 
 
+def with_costs(
+    ledger: Ledger, load: Callable[[], LoadResult]
+) -> tuple[LoadResult, float, dict[str, int]]:
+    """Runs ``load``; returns it with the process's CPU seconds and the writer's counters
+    (batches, commands, conflicts, stale refusals) over it."""
+    before = dict(ledger.committer.stats)
+    cpu = time.process_time()
+    result = load()
+    cpu = time.process_time() - cpu
+    return result, cpu, {name: ledger.committer.stats[name] - before[name] for name in before}
+
+
 def loop_callers_load(
     ledger: Ledger, seconds: float, run_id: str, warmup: float = 1.0
 ) -> LoadResult:
@@ -359,18 +371,15 @@ def run(ctx: Context) -> PartResult:
         ledger = Ledger(env=ledger_env(url, STOCKLEDGER_RESERVATION_TTL="0"))
         try:
             setup_catalog(ledger, SKUS)
-            before = dict(ledger.committer.stats)
-            cpu = time.process_time()
-            service = service_load(ledger, seconds, ctx.run_id)
-            cpu = time.process_time() - cpu
-            after = dict(ledger.committer.stats)
+            service, cpu, counters = with_costs(
+                ledger, lambda: service_load(ledger, seconds, ctx.run_id)
+            )
             console.print(
                 f"  service place_order, {CALLERS} callers: {service.rate:,.0f}/s, "
                 f"{1e6 * cpu / max(service.operations, 1):,.0f} µs of the process's CPU an order "
                 f"({cpu / service.seconds if service.seconds else 0:.2f} cores busy)"
             )
-            batches = after["batches"] - before["batches"]
-            commands = after["commands"] - before["commands"]
+            batches, commands = counters["batches"], counters["commands"]
             result.checks = [
                 Check.ratio_at_least(
                     "orders/s vs raw 1-row commits (4 conns)",
@@ -403,8 +412,8 @@ def run(ctx: Context) -> PartResult:
                         "batches": batches,
                         "commands": commands,
                         "commands_per_batch": commands / batches if batches else None,
-                        "conflicts": after["conflicts"] - before["conflicts"],
-                        "stale_refusals": after["stale_refusals"] - before["stale_refusals"],
+                        "conflicts": counters["conflicts"],
+                        "stale_refusals": counters["stale_refusals"],
                     },
                 },
                 "raw": {
@@ -433,26 +442,22 @@ def run(ctx: Context) -> PartResult:
             )
             if service.errors:
                 result.notes.append(f"service errors: {service.error_samples[:2]}")
-            before = dict(ledger.committer.stats)
-            cpu = time.process_time()
-            on_loop = loop_callers_load(ledger, seconds, ctx.run_id)
-            cpu = time.process_time() - cpu
-            after = dict(ledger.committer.stats)
-            loop_batch = (after["commands"] - before["commands"]) / max(
-                after["batches"] - before["batches"], 1
+            on_loop, loop_cpu, loop_counters = with_costs(
+                ledger, lambda: loop_callers_load(ledger, seconds, ctx.run_id)
             )
+            loop_batch = loop_counters["commands"] / max(loop_counters["batches"], 1)
             result.details["loop_callers"] = {
                 "orders_per_second": on_loop.rate,
                 "orders": on_loop.operations,
                 "errors": on_loop.errors,
                 "latency_ms": summarize(on_loop.latencies, 1000),
-                "cpu_us_per_order": 1e6 * cpu / max(on_loop.operations, 1),
+                "cpu_us_per_order": 1e6 * loop_cpu / max(on_loop.operations, 1),
                 "commands_per_batch": loop_batch,
             }
             result.notes.append(
                 f"the same load from {CALLERS} tasks on one event loop (submit_order, awaited "
                 f"as the API does): {on_loop.rate:,.0f}/s ({on_loop.rate / raw.rate:.2f}x raw), "
-                f"{1e6 * cpu / max(on_loop.operations, 1):,.0f} µs of CPU an order, "
+                f"{1e6 * loop_cpu / max(on_loop.operations, 1):,.0f} µs of CPU an order, "
                 f"{loop_batch:.1f} commands per batch, {on_loop.errors} errors "
                 "(not the check: its callers are threads)"
             )
