@@ -48,6 +48,18 @@ def sku_name(number: int) -> str:
     return f"SKU-{number:07d}"
 
 
+def order_body(external_id: str, first: int, second: int) -> dict[str, Any]:
+    """A ``POST /v1/orders`` body as the HTTP loads send it: one unit of each of two SKUs."""
+    return {
+        "channel": CHANNEL,
+        "external_id": external_id,
+        "lines": [
+            {"line_id": "1", "sku": sku_name(first), "quantity": 1},
+            {"line_id": "2", "sku": sku_name(second), "quantity": 1},
+        ],
+    }
+
+
 # --- percentiles -----------------------------------------------------------------------------
 def percentile(values: Sequence[float], p: float) -> float:
     """The p-th percentile (0-100), linear interpolation between closest ranks (numpy's default)."""

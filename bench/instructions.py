@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import re
@@ -32,14 +33,13 @@ import sys
 from pathlib import Path
 
 from bench.common import (
-    CHANNEL,
     REPO_DIR,
     Context,
     console,
     find_postgres,
+    order_body,
     prepare_catalog,
     setup_catalog,
-    sku_name,
     write_json,
 )
 
@@ -82,11 +82,7 @@ def request_orders(orders: int, database_url: str) -> None:
 
     async def post(name: str) -> int:
         a, b = rng.sample(range(1, SKUS + 1), 2)
-        body = (
-            f'{{"channel":"{CHANNEL}","external_id":"{name}","lines":['
-            f'{{"line_id":"1","sku":"{sku_name(a)}","quantity":1}},'
-            f'{{"line_id":"2","sku":"{sku_name(b)}","quantity":1}}]}}'
-        ).encode()
+        body = json.dumps(order_body(name, a, b), separators=(",", ":")).encode()
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},

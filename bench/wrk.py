@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import CHANNEL, percentile
+from bench.common import CHANNEL, order_body, percentile
 
 _COMMON = r"""
 local threads = {}
@@ -258,16 +258,7 @@ async def _httpx_load(
                     a, b = random.sample(range(1, skus + 1), 2)
                     ext = f"{run_id}-{number}-{n}"
                     response = await client.post(
-                        "/v1/orders",
-                        json={
-                            "channel": CHANNEL,
-                            "external_id": ext,
-                            "lines": [
-                                {"line_id": "1", "sku": f"SKU-{a:07d}", "quantity": 1},
-                                {"line_id": "2", "sku": f"SKU-{b:07d}", "quantity": 1},
-                            ],
-                        },
-                        headers={"Idempotency-Key": ext},
+                        "/v1/orders", json=order_body(ext, a, b), headers={"Idempotency-Key": ext}
                     )
                 elif kind == "availability":
                     response = await client.get(
