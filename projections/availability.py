@@ -16,7 +16,15 @@ from psycopg.rows import dict_row, tuple_row
 
 from domain.location import Location
 from domain.stock import BUCKETS, StockPosition, stock_figures
-from projections.base import Cursor, InMemoryView, Projection, Recorded, table
+from projections.base import (
+    Cursor,
+    Executes,
+    InMemoryView,
+    Projection,
+    Recorded,
+    Writes,
+    table,
+)
 
 STOCK_EVENTS: tuple[type[Any], ...] = tuple(
     value
@@ -111,7 +119,7 @@ class AvailabilityRows(InMemoryView):
                 )
         self.upsert_locations(cursor, tables)
 
-    def upsert_positions(self, cursor: Cursor, tables: Mapping[str, str]) -> None:
+    def upsert_positions(self, cursor: Executes, tables: Mapping[str, str]) -> None:
         if not self.positions:
             return
         rows = list(self.positions.values())
@@ -134,7 +142,7 @@ class AvailabilityRows(InMemoryView):
         )
         cursor.execute(statement, values)
 
-    def upsert_locations(self, cursor: Cursor, tables: Mapping[str, str]) -> None:
+    def upsert_locations(self, cursor: Executes, tables: Mapping[str, str]) -> None:
         for details, position in self.locations.values():
             cursor.execute(
                 sql.SQL(
@@ -162,7 +170,9 @@ class AvailabilityProjection(Projection):
     tables: ClassVar[tuple[str, ...]] = ("view_availability", "view_locations")
     event_classes: ClassVar[tuple[type[Any], ...]] = STOCK_EVENTS + LOCATION_EVENTS
 
-    def process(self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]) -> None:
+    def process(
+        self, cursor: Cursor, writes: Writes, batch: Sequence[Recorded], tables: Mapping[str, str]
+    ) -> None:
         # Every row loaded is touched by the batch, so every row held is written back.
         rows = AvailabilityRows(self._load(cursor, batch, tables))
         for recorded in batch:
@@ -170,8 +180,8 @@ class AvailabilityProjection(Projection):
             rows.apply(
                 recorded.position, event.originator_id, event.originator_version, type(event), event
             )
-        rows.upsert_positions(cursor, tables)
-        rows.upsert_locations(cursor, tables)
+        rows.upsert_positions(writes, tables)
+        rows.upsert_locations(writes, tables)
 
     def in_memory(self) -> AvailabilityRows:
         return AvailabilityRows()

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 import orjson
@@ -23,12 +23,44 @@ from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import sql
+from psycopg.abc import Params
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row, tuple_row
 
 log = logging.getLogger(__name__)
 
 Event = CanMutateAggregate[UUID]
 Cursor = psycopg.Cursor[dict[str, Any]]
+
+
+# What a view's statements are written as (psycopg's queries, template strings aside).
+Statement = str | bytes | sql.SQL | sql.Composed
+
+
+class Executes(Protocol):
+    """Where a view's writes go: a cursor (at once), or ``Writes`` (with the batch's end)."""
+
+    def execute(self, query: Statement, params: Params | None = None) -> object: ...
+
+
+class Writes:
+    """A batch's writes to its view, kept to travel with the batch's new position (and, for a
+    worker's batch, its COMMIT) as one simple query.
+
+    Under load the ``serve`` process's GIL is busy with the API and the writer, and a view's
+    worker waits for it after every statement it sends (psycopg lets go of the GIL while libpq
+    sends and waits). A batch that sent each write on its own (the orders view, one statement
+    per order) spent most of its time waiting to run again, not in the database. The values are
+    written into the statements as literals by psycopg's client-side binding, as its
+    ``ClientCursor`` would send them.
+    """
+
+    def __init__(self, renderer: psycopg.ClientCursor[Any]) -> None:
+        self._renderer = renderer
+        self.statements: list[str] = []
+
+    def execute(self, query: Statement, params: Params | None = None) -> None:
+        self.statements.append(self._renderer.mogrify(query, params))
 
 
 @dataclass(frozen=True)
@@ -51,8 +83,11 @@ class Projection(ABC):
         return [get_topic(event_class) for event_class in cls.event_classes]
 
     @abstractmethod
-    def process(self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]) -> None:
-        """Applies the batch to the view's tables (physical names in ``tables``)."""
+    def process(
+        self, cursor: Cursor, writes: Writes, batch: Sequence[Recorded], tables: Mapping[str, str]
+    ) -> None:
+        """Applies the batch to the view's tables (physical names in ``tables``): reads through
+        ``cursor``, at once; writes through ``writes``, sent after ``process`` returns."""
 
     def in_memory(self) -> InMemoryView | None:
         """An empty copy of the view held in memory, for rebuilds; ``None`` for a view that
@@ -138,11 +173,18 @@ def table(tables: Mapping[str, str], logical: str) -> sql.Identifier:
 # What every pass over the log reads and writes: the log's head, a page of a view's events
 # after a position (up to a stop), and the view's new position.
 _HEAD_OF_LOG = "SELECT max(notification_id) AS head FROM ledger_events"
+# The view's position, locked against a concurrent rebuild's swap, and the log's head.
+_POSITION_AND_HEAD = (
+    "SELECT position, (SELECT max(notification_id) FROM ledger_events) AS head "
+    "FROM projection_positions WHERE name = %s FOR UPDATE"
+)
 _PAGE_OF_LOG = (
     "SELECT notification_id, originator_id, originator_version, topic, state "
     "FROM ledger_events WHERE notification_id > %s AND notification_id <= %s "
     "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s"
 )
+# A transaction to roll back after a failed batch (not on a broken connection).
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 _SET_POSITION = "UPDATE projection_positions SET position = %s, updated_at = now() WHERE name = %s"
 
 
@@ -166,6 +208,7 @@ class ProjectionProcessor:
         self.tables = dict(tables or {name: name for name in projection.tables})
         self.batch_size = batch_size
         self._topics = projection.topics()
+        self._renderer = psycopg.ClientCursor(connection)
 
     def ensure_tracking(self) -> None:
         self.connection.execute(
@@ -176,52 +219,60 @@ class ProjectionProcessor:
 
     def step(self, cursor: Cursor, stop: int | None = None) -> tuple[int, int]:
         """Processes one batch inside the caller's transaction; returns (events, new position)."""
-        cursor.execute(
-            "SELECT position FROM projection_positions WHERE name = %s FOR UPDATE",
-            (self.tracking_name,),
-        )
+        return self._step(cursor, stop, own_transaction=False)
+
+    def run_batch(self, stop: int | None = None) -> tuple[int, int]:
+        """Processes one batch in a transaction of its own, in three or four round trips: BEGIN
+        travels with the position's read, COMMIT with the writes (see ``Writes``)."""
+        with self.connection.cursor() as cursor:
+            try:
+                return self._step(cursor, stop, own_transaction=True)
+            except BaseException:
+                if self.connection.info.transaction_status in _OPEN:
+                    self.connection.execute("ROLLBACK")
+                raise
+
+    def _step(self, cursor: Cursor, stop: int | None, *, own_transaction: bool) -> tuple[int, int]:
+        writes = Writes(self._renderer)
+        read = self._renderer.mogrify(_POSITION_AND_HEAD, (self.tracking_name,))
+        # A statement without parameters goes as a simple query, which may hold several.
+        cursor.execute("BEGIN;" + read if own_transaction else read, prepare=False)
+        while cursor.description is None and cursor.nextset():
+            pass  # past BEGIN's result to the position's
         row = cursor.fetchone()
         if row is None:
             raise RuntimeError(f"view {self.tracking_name} has no tracking row")
         start = int(row["position"])
         if stop is None:
-            cursor.execute(_HEAD_OF_LOG)
-            head_row = cursor.fetchone()
-            stop = int(head_row["head"] or 0) if head_row else 0
-        if stop <= start:
-            return 0, start
-        cursor.execute(
-            _PAGE_OF_LOG,
-            (start, stop, self._topics, self.batch_size),
-        )
-        rows = cursor.fetchall()
-        batch = [
-            Recorded(
-                row["notification_id"],
-                self.mapper.to_domain_event(  # type: ignore[arg-type]
-                    StoredEvent(
-                        originator_id=row["originator_id"],
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=bytes(row["state"]),
-                    )
-                ),
-            )
-            for row in rows
-        ]
+            stop = int(row["head"] or 0)
+        batch: list[Recorded] = []
+        if stop > start:
+            cursor.execute(_PAGE_OF_LOG, (start, stop, self._topics, self.batch_size))
+            batch = [
+                Recorded(
+                    row["notification_id"],
+                    self.mapper.to_domain_event(  # type: ignore[arg-type]
+                        StoredEvent(
+                            originator_id=row["originator_id"],
+                            originator_version=row["originator_version"],
+                            topic=row["topic"],
+                            state=bytes(row["state"]),
+                        )
+                    ),
+                )
+                for row in cursor.fetchall()
+            ]
         if batch:
-            self.projection.process(cursor, batch, self.tables)
+            self.projection.process(cursor, writes, batch, self.tables)
         # A short batch means everything up to ``stop`` has been seen.
-        reached = batch[-1].position if len(batch) == self.batch_size else stop
-        cursor.execute(
-            _SET_POSITION,
-            (reached, self.tracking_name),
-        )
+        reached = batch[-1].position if len(batch) == self.batch_size else max(stop, start)
+        if reached != start:
+            writes.execute(_SET_POSITION, (reached, self.tracking_name))
+        if own_transaction:
+            writes.statements.append("COMMIT")
+        if writes.statements:
+            cursor.execute(";".join(writes.statements), prepare=False)
         return len(batch), reached
-
-    def run_batch(self, stop: int | None = None) -> tuple[int, int]:
-        with self.connection.transaction(), self.connection.cursor() as cursor:
-            return self.step(cursor, stop)
 
     def build_in_memory(
         self,

@@ -9,7 +9,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from domain.stock import StockPosition
-from projections.base import Cursor, Projection, Recorded, table
+from projections.base import Cursor, Projection, Recorded, Writes, table
 
 
 class DiscrepanciesProjection(Projection):
@@ -20,12 +20,14 @@ class DiscrepanciesProjection(Projection):
         StockPosition.DiscrepancyCleared,
     )
 
-    def process(self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]) -> None:
+    def process(
+        self, cursor: Cursor, writes: Writes, batch: Sequence[Recorded], tables: Mapping[str, str]
+    ) -> None:
         target = table(tables, "view_discrepancies")
         for recorded in batch:
             event: Any = recorded.event
             if isinstance(event, StockPosition.DiscrepancyRecorded):
-                cursor.execute(
+                writes.execute(
                     sql.SQL(
                         "INSERT INTO {} (position_id, sku, location, shortfall, cause, "
                         "recorded_at, updated_position) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -44,7 +46,7 @@ class DiscrepanciesProjection(Projection):
                     ),
                 )
             else:
-                cursor.execute(
+                writes.execute(
                     sql.SQL("DELETE FROM {} WHERE position_id = %s").format(target),
                     (event.originator_id,),
                 )

@@ -18,7 +18,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from domain.order import Order
-from projections.base import Cursor, Projection, Recorded, table
+from projections.base import Cursor, Projection, Recorded, Writes, table
 
 ORDER_EVENTS: tuple[type[Any], ...] = tuple(
     value
@@ -39,7 +39,9 @@ class OrdersProjection(Projection):
     def __init__(self, mapper: Mapper[UUID]) -> None:
         self.mapper = mapper
 
-    def process(self, cursor: Cursor, batch: Sequence[Recorded], tables: Mapping[str, str]) -> None:
+    def process(
+        self, cursor: Cursor, writes: Writes, batch: Sequence[Recorded], tables: Mapping[str, str]
+    ) -> None:
         orders = self._load(cursor, batch, tables)
         changed: dict[UUID, int] = {}
         for recorded in batch:
@@ -51,7 +53,7 @@ class OrdersProjection(Projection):
         for order_id, position in changed.items():
             order = orders[order_id]
             snapshot = self.mapper.to_stored_event(_snapshot(order))
-            cursor.execute(
+            writes.execute(
                 sql.SQL(
                     "INSERT INTO {} (order_id, channel, external_id, status, paid, placed_at, "
                     "updated_at, body, state, version, updated_position) "

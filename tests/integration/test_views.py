@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
@@ -307,3 +308,51 @@ def test_an_interrupted_rebuild_leaves_the_live_view_as_it_was(
     report = rebuild(ledger_url, ledger.mapper, AvailabilityProjection(), batch_size=10)
     assert report.position == head
     assert _rows(ledger_url, "view_availability", "position_id") == live
+
+
+class _FailingAfterItsWrites(AvailabilityProjection):
+    """The availability view, but its first batch ends with a write the database refuses."""
+
+    failed = False
+
+    def process(self, cursor: Any, writes: Any, batch: Any, tables: Any) -> None:
+        super().process(cursor, writes, batch, tables)
+        if not self.failed:
+            self.failed = True
+            writes.execute("SELECT 1 / 0")
+
+
+def test_a_batch_whose_write_fails_leaves_neither_rows_nor_position_and_the_next_carries_on(
+    ledger: Ledger, ledger_url: str
+) -> None:
+    _register(ledger)
+    for n in range(5):
+        ledger.receive("A", "WH1", 1, reference=f"r{n}")
+    with psycopg.connect(ledger_url, autocommit=True, row_factory=dict_row) as connection:
+        processor = ProjectionProcessor(connection, ledger.mapper, _FailingAfterItsWrites())
+        processor.ensure_tracking()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            processor.run_batch()
+        assert _rows(ledger_url, "view_availability", "position_id") == []
+        assert _position(ledger_url, "availability") == 0
+        processor.catch_up()  # the same connection, its failed transaction rolled back
+    assert [r["available"] for r in _rows(ledger_url, "view_availability", "position_id")] == [5]
+    assert _position(ledger_url, "availability") == ledger.recorder.max_notification_id()
+
+
+def test_views_keep_text_json_bytes_and_times_as_written(ledger: Ledger, ledger_url: str) -> None:
+    name = "O'Brien's \\ Café \u2013 Zürich \"Nord\""
+    external_ids = {"shopify": "gid://shopify/Location/12", "erp": "store#7"}
+    ledger.register_location(
+        "WH1", name=name, kind="warehouse", channels=["shopify"], external_ids=external_ids
+    )
+    ledger.receive("A", "WH1", 3, reference="PO-1")
+    placed = ledger.place_order("shopify", "o-1", [OrderLine("1", "A", 2)])
+    _catch_up(ledger_url, ledger)
+    [location] = _rows(ledger_url, "view_locations", "code")
+    assert (location["name"], location["external_ids"]) == (name, external_ids)
+    [row] = _rows(ledger_url, "view_orders", "order_id")
+    order = ledger.get_order(placed.body["order_id"])
+    assert order is not None
+    assert row["body"] == json.loads(json.dumps(order.describe()))
+    assert (row["placed_at"], row["version"]) == (order.created_on, order.version)
