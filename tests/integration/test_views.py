@@ -356,3 +356,22 @@ def test_views_keep_text_json_bytes_and_times_as_written(ledger: Ledger, ledger_
     assert order is not None
     assert row["body"] == json.loads(json.dumps(order.describe()))
     assert (row["placed_at"], row["version"]) == (order.created_on, order.version)
+
+
+def test_a_worker_reads_on_from_where_its_view_was_moved_not_from_where_it_left_it(
+    ledger: Ledger, ledger_url: str
+) -> None:
+    _register(ledger)
+    ledger.receive("A", "WH1", 1, reference="r0")
+    with psycopg.connect(ledger_url, autocommit=True, row_factory=dict_row) as connection:
+        processor = ProjectionProcessor(connection, ledger.mapper, AvailabilityProjection())
+        processor.ensure_tracking()
+        processor.catch_up()
+        # Moved behind its back, as a rebuild's swap moves it: emptied and set back to the start.
+        connection.execute("DELETE FROM view_availability")
+        connection.execute(
+            "UPDATE projection_positions SET position = 0 WHERE name = 'availability'"
+        )
+        ledger.receive("A", "WH1", 2, reference="r1")
+        processor.catch_up()
+    assert [r["available"] for r in _rows(ledger_url, "view_availability", "position_id")] == [3]
