@@ -209,6 +209,7 @@ class ProjectionProcessor:
         self.batch_size = batch_size
         self._topics = projection.topics()
         self._renderer = psycopg.ClientCursor(connection)
+        self._position_read = self._renderer.mogrify(_POSITION_AND_HEAD, (self.tracking_name,))
 
     def ensure_tracking(self) -> None:
         self.connection.execute(
@@ -234,7 +235,7 @@ class ProjectionProcessor:
 
     def _step(self, cursor: Cursor, stop: int | None, *, own_transaction: bool) -> tuple[int, int]:
         writes = Writes(self._renderer)
-        read = self._renderer.mogrify(_POSITION_AND_HEAD, (self.tracking_name,))
+        read = self._position_read
         # A statement without parameters goes as a simple query, which may hold several.
         cursor.execute("BEGIN;" + read if own_transaction else read, prepare=False)
         while cursor.description is None and cursor.nextset():
