@@ -341,7 +341,7 @@ def test_a_batch_whose_write_fails_leaves_neither_rows_nor_position_and_the_next
 
 
 def test_views_keep_text_json_bytes_and_times_as_written(ledger: Ledger, ledger_url: str) -> None:
-    name = "O'Brien's \\ Café \u2013 Zürich \"Nord\""
+    name = "O'Brien's \\ Café \u2013 Zürich \"Nord\" 100%s %%"
     external_ids = {"shopify": "gid://shopify/Location/12", "erp": "store#7"}
     ledger.register_location(
         "WH1", name=name, kind="warehouse", channels=["shopify"], external_ids=external_ids
