@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.migrations import migrate
 from adapters.postgres import POOL_RECONNECT_SECONDS, POOL_WAIT_SECONDS, ledger_env
+from adapters.writer_process import WriterProcess
 from api.auth import KeyRing
 from api.availability_reads import AvailabilityReader
 from api.hot_routes import HotRoutes
@@ -101,6 +102,7 @@ def create_app(
     app.state.settings = settings
     app.state.keyring = KeyRing.load(admin_key=settings.admin_key, keys_file=settings.api_keys_file)
     app.state.run_workers = run_workers
+    app.state.serve_api = serve_api
     app.state.readiness_checks = []
     # Per app, not prometheus-client's global registry: several apps may share a process.
     app.state.metrics = Metrics(ledger=lambda: getattr(app.state, "ledger", None))
@@ -173,9 +175,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if applied:
         log.info("applied %d migrations: %s", len(applied), ", ".join(applied))
 
-    ledger = await run_in_threadpool(
-        Ledger, env=ledger_env(database_url, **settings.ledger_overrides())
-    )
+    env = ledger_env(database_url, **settings.ledger_overrides())
+    ledger = await run_in_threadpool(Ledger, env=env)
+    if settings.writer_process and app.state.serve_api:
+        try:
+            writer = await run_in_threadpool(WriterProcess(env).start)
+        except BaseException:
+            await run_in_threadpool(ledger.close)
+            raise
+        ledger.forward_writes(writer)
     read_pool: ReadPool = AsyncConnectionPool(
         database_url,
         min_size=1,

@@ -14,7 +14,7 @@ one process (the tests) never share or clash over a series. What is measured:
   process changed an aggregate (``conflict``) or because a refusal was decided on stale state
   (``stale_refusal``); with ``stockledger_group_commit_batches_total`` and
   ``stockledger_group_commit_commands_total`` (their ratio is the mean batch size). Read from
-  ``ledger.committer.stats`` at scrape time.
+  ``ledger.writer_stats`` at scrape time.
 - Read from the database at scrape time, within ``DATABASE_READ_TIMEOUT_SECONDS``:
   ``stockledger_ledger_head_position``, ``stockledger_projection_position{view}``,
   ``stockledger_projection_lag_events{view}``, ``stockledger_outbox_backlog_events{relay}`` (what
@@ -149,7 +149,7 @@ def command_outcome(status: int, problem_type: str | None) -> str:
 
 
 class CommitterCollector:
-    """The group committer's counters (``ledger.committer.stats``), read at scrape time."""
+    """The group committer's counters (``ledger.writer_stats``), read at scrape time."""
 
     def __init__(self, ledger: Callable[[], Any]) -> None:
         self._ledger = ledger
@@ -159,11 +159,10 @@ class CommitterCollector:
 
     def collect(self) -> Iterable[Metric]:
         ledger = self._ledger()
-        committer = getattr(ledger, "committer", None)
-        stats = getattr(committer, "stats", None)
+        stats = getattr(ledger, "writer_stats", None)
         if not isinstance(stats, dict):
             return []
-        return self._families(dict(stats))
+        return self._families(stats)
 
     @staticmethod
     def _families(stats: dict[str, int]) -> list[Metric]:

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     snapshot_interval: int = Field(default=Ledger.DEFAULT_SNAPSHOT_INTERVAL, ge=0)
     aggregate_cache_size: int = Field(default=Ledger.DEFAULT_CACHE_SIZE, ge=1)
     batch_linger_seconds: float = Field(default=LINGER_SECONDS, ge=0, le=1)
+    # Where an API process records its writes: a writer process of its own (adapters/
+    # writer_process.py), so that answering requests and recording writes use both cores; or,
+    # when false, a writer thread beside the event loop.
+    writer_process: bool = True
     # The API's own knobs (the SPEC fixes the body limit at 1 MiB; tests and proxies may vary it).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     read_pool_size: int = Field(default=10, ge=1, le=200)

@@ -568,13 +568,27 @@ def prepare_catalog(database_url: str, skus: int) -> dict[str, Any]:
 
 
 # --- CPU accounting --------------------------------------------------------------------------
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's writer process is its child)."""
+    found = [pid]
+    for current in found:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                found.extend(int(child) for child in children)
+    return found
+
+
 def _process_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    """CPU seconds used by ``pid`` and its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _machine_cpu() -> tuple[float, float]:
@@ -588,7 +602,8 @@ def _machine_cpu() -> tuple[float, float]:
 
 
 class CpuMeter:
-    """CPU used by some processes (as % of one core) and by the whole machine, over a window."""
+    """CPU used by some processes with their children (as % of one core) and by the whole
+    machine, over a window."""
 
     def __init__(self, **pids: int) -> None:
         self.pids = pids

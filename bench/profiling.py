@@ -77,6 +77,7 @@ def sampling(
         str(output),
         "--nonblocking",
         "--threads",
+        "--subprocesses",  # a server's writer process
     ]
     if gil:
         command.append("--gil")

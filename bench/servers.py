@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from adapters.embedded import free_tcp_port
-from bench.common import REPO_DIR, VENV_BIN, Context
+from bench.common import REPO_DIR, VENV_BIN, Context, process_tree
 
 TRIVIAL_PATH = "/bench/trivial"
 
@@ -38,13 +38,15 @@ class Server:
         return self.process.pid
 
     def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak) of the server process, in KiB."""
+        """VmRSS and VmHWM (peak) of the server process with its children (the writer), in
+        KiB: each summed over the processes."""
         found: dict[str, int] = {}
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0])
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in ("VmRSS", "VmHWM"):
+                        found[key] = found.get(key, 0) + int(value.split()[0])
         return found
 
     def log_tail(self, lines: int = 20) -> str:

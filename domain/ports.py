@@ -7,8 +7,9 @@ Adapters implement it (``adapters.postgres`` for PostgreSQL, ``adapters.memory``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
@@ -74,3 +75,19 @@ class ExclusiveLedgerRecorder(Protocol):
         self, prepare: Callable[[], PreparedBatch]
     ) -> Sequence[int]:
         """Takes the write lock, calls ``prepare``, inserts what it returns and commits."""
+
+
+class WriteForwarder(Protocol):
+    """Where a ledger sends its write commands when they are recorded elsewhere (a writer in a
+    process of its own): the command by its method's name and arguments, answered by a future
+    holding its ``WriteResult`` or the error it raised."""
+
+    def forward(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]: ...
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """The remote writer's counters, as ``GroupCommitter.stats``."""
+
+    def close(self) -> None: ...

@@ -7,6 +7,7 @@ transaction shared with whatever other commands are waiting.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -16,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -48,7 +49,7 @@ from domain.keys import (
 )
 from domain.location import LOCATION_KINDS, Location, LocationDetails, LocationDirectory, Transfer
 from domain.order import Movement, Order
-from domain.ports import LedgerRecorder
+from domain.ports import LedgerRecorder, WriteForwarder
 from domain.stock import StockPosition
 
 DIRECTORY_ID = uuid5(NAMESPACE, "location-directory")
@@ -60,6 +61,47 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _Aggregate = TypeVar("_Aggregate")
 _Number = TypeVar("_Number", int, float)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_Arguments = ParamSpec("_Arguments")
+# The write methods a forwarder may be asked to run, by name (filled by the decorators below).
+FORWARDABLE: set[str] = set()
+
+
+def _forwardable(
+    method: Callable[Concatenate[Ledger, _Arguments], WriteResult],
+) -> Callable[Concatenate[Ledger, _Arguments], WriteResult]:
+    """A write that runs where the ledger's writes are recorded: here, or through its forwarder
+    (``Ledger.forward_writes``), with the same arguments, answer and errors."""
+    name = method.__name__
+    FORWARDABLE.add(name)
+
+    def write(
+        ledger: Ledger, /, *args: _Arguments.args, **kwargs: _Arguments.kwargs
+    ) -> WriteResult:
+        if ledger.forwarder is None:
+            return method(ledger, *args, **kwargs)
+        return ledger.outcome(ledger.forwarder.forward(name, args, kwargs))
+
+    functools.update_wrapper(write, method)
+    return write
+
+
+def _forwardable_submission(
+    method: Callable[Concatenate[Ledger, _Arguments], Future[WriteResult]],
+) -> Callable[Concatenate[Ledger, _Arguments], Future[WriteResult]]:
+    """``_forwardable`` for a write that answers with its future rather than waiting."""
+    name = method.__name__
+    FORWARDABLE.add(name)
+
+    def submit(
+        ledger: Ledger, /, *args: _Arguments.args, **kwargs: _Arguments.kwargs
+    ) -> Future[WriteResult]:
+        if ledger.forwarder is None:
+            return method(ledger, *args, **kwargs)
+        forwarded: Future[WriteResult] = ledger.forwarder.forward(name, args, kwargs)
+        return forwarded
+
+    functools.update_wrapper(submit, method)
+    return submit
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -169,6 +211,19 @@ class Ledger(Application[UUID]):
             cache_size=self._number(self.CACHE_SIZE, int, self.DEFAULT_CACHE_SIZE, least=1),
             linger=self._number(self.BATCH_LINGER, float, LINGER_SECONDS),
         )
+        self.forwarder: WriteForwarder | None = None
+
+    def forward_writes(self, forwarder: WriteForwarder) -> None:
+        """Sends every write command to ``forwarder`` from now on (a writer in another process,
+        with a ledger of its own) instead of this ledger's writer; reads stay here."""
+        self.forwarder = forwarder
+
+    @property
+    def writer_stats(self) -> dict[str, int]:
+        """The counters of whichever writer records this ledger's writes."""
+        if self.forwarder is not None:
+            return dict(self.forwarder.stats)
+        return dict(self.committer.stats)
 
     def _number(
         self, name: str, kind: Callable[[str], _Number], default: _Number, *, least: int = 0
@@ -186,10 +241,13 @@ class Ledger(Application[UUID]):
         return value
 
     def close(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()
         self.committer.close()
         super().close()
 
     # --- locations --------------------------------------------------------------------------
+    @_forwardable
     def register_location(
         self,
         code: str,
@@ -246,6 +304,7 @@ class Ledger(Application[UUID]):
         return self._execute("location.register", request, run, context)
 
     # --- stock ------------------------------------------------------------------------------
+    @_forwardable
     def receive(
         self,
         sku: str,
@@ -267,6 +326,7 @@ class Ledger(Application[UUID]):
             context,
         )
 
+    @_forwardable
     def adjust(
         self,
         sku: str,
@@ -288,6 +348,7 @@ class Ledger(Application[UUID]):
             context,
         )
 
+    @_forwardable
     def count(
         self, sku: str, location: str, counted: int, *, context: CommandContext | None = None
     ) -> WriteResult:
@@ -302,6 +363,7 @@ class Ledger(Application[UUID]):
             context,
         )
 
+    @_forwardable
     def mark_damaged(
         self,
         sku: str,
@@ -323,6 +385,7 @@ class Ledger(Application[UUID]):
             context,
         )
 
+    @_forwardable
     def write_off_damage(
         self,
         sku: str,
@@ -344,6 +407,7 @@ class Ledger(Application[UUID]):
             context,
         )
 
+    @_forwardable
     def set_safety_stock(
         self, sku: str, location: str, quantity: int, *, context: CommandContext | None = None
     ) -> WriteResult:
@@ -358,6 +422,7 @@ class Ledger(Application[UUID]):
             context,
         )
 
+    @_forwardable
     def dispose_return(
         self,
         sku: str,
@@ -397,6 +462,7 @@ class Ledger(Application[UUID]):
         return self._execute(operation, request, run, context)
 
     # --- transfers --------------------------------------------------------------------------
+    @_forwardable
     def dispatch_transfer(
         self,
         transfer: str,
@@ -446,6 +512,7 @@ class Ledger(Application[UUID]):
             "transfer.dispatch", request, run, context, natural_key=f"transfer:{transfer}"
         )
 
+    @_forwardable
     def receive_transfer(
         self,
         transfer: str,
@@ -505,6 +572,7 @@ class Ledger(Application[UUID]):
             )
         )
 
+    @_forwardable_submission
     def submit_order(
         self,
         channel: str,
@@ -609,6 +677,7 @@ class Ledger(Application[UUID]):
             prefetch=[the_order_id],
         )
 
+    @_forwardable
     def authorize_payment(
         self, order: str | UUID, *, context: CommandContext | None = None
     ) -> WriteResult:
@@ -624,6 +693,7 @@ class Ledger(Application[UUID]):
 
         return self._execute("order.payment", {"order_id": str(the_id)}, run, context)
 
+    @_forwardable
     def cancel_order(
         self,
         order: str | UUID,
@@ -647,6 +717,7 @@ class Ledger(Application[UUID]):
             "order.cancel", {"order_id": str(the_id), "reason": reason}, run, context
         )
 
+    @_forwardable
     def cancel_order_lines(
         self,
         order: str | UUID,
@@ -676,6 +747,7 @@ class Ledger(Application[UUID]):
         request = {"order_id": str(the_id), "lines": wanted, "reason": reason}
         return self._execute("order.cancel_lines", request, run, context)
 
+    @_forwardable
     def expire_reservation(self, order: str | UUID, *, now: datetime | None = None) -> WriteResult:
         """Releases an unpaid order's reservations once older than the reservation TTL."""
         the_id = _order_uuid(order)
@@ -706,6 +778,7 @@ class Ledger(Application[UUID]):
             expired.append(str(order))
         return expired
 
+    @_forwardable
     def fulfill_order(
         self,
         order: str | UUID,
@@ -762,6 +835,7 @@ class Ledger(Application[UUID]):
             natural_key=f"fulfillment:{the_id}:{fulfillment_id}",
         )
 
+    @_forwardable
     def return_order(
         self,
         order: str | UUID,
@@ -809,6 +883,7 @@ class Ledger(Application[UUID]):
             "order.return", request, run, context, natural_key=f"return:{the_id}:{return_id}"
         )
 
+    @_forwardable
     def refund_order(
         self,
         order: str | UUID,
@@ -845,6 +920,7 @@ class Ledger(Application[UUID]):
         )
 
     # --- point of sale ----------------------------------------------------------------------
+    @_forwardable
     def record_pos_transaction(
         self,
         transaction: str,
