@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from adapters.garbage import tune_garbage_collection
 from domain.errors import LedgerUnavailable
 from domain.service import FORWARDABLE, Ledger
 
@@ -249,6 +250,7 @@ def serve_writes(connection: Connection) -> None:
     except Exception as error:
         connection.send(("failed", _sendable(error)))
         return
+    tune_garbage_collection()  # the writer's cached aggregates are many and long-lived
     connection.send(("ready", None))
     replies: queue.SimpleQueue[Reply | None] = queue.SimpleQueue()
     sender = threading.Thread(

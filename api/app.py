@@ -8,7 +8,6 @@ workers; on shutdown it closes them in reverse order.
 
 from __future__ import annotations
 
-import gc
 import logging
 import select
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from adapters.garbage import tune_garbage_collection
 from adapters.migrations import migrate
 from adapters.postgres import POOL_RECONNECT_SECONDS, POOL_WAIT_SECONDS, ledger_env
 from adapters.writer_process import WriterProcess
@@ -144,26 +144,6 @@ async def check_idle_connection(connection: AsyncConnection[TupleRow]) -> None:
         await AsyncConnectionPool.check_connection(connection)
 
 
-def _tune_garbage_collection() -> None:
-    """Puts what start-up made (modules, models, routes, the ledger: some hundred thousand
-    objects that live as long as the process) out of the garbage collector's reach, and makes
-    its young collections rarer.
-
-    Left in, each full collection walks them all, and under concurrent requests full collections
-    come every second or two (a request's objects outlive two younger collections while it
-    waits for the database): each stopped the event loop, and every request in flight, for 100
-    to 350 ms on the benchmark machine.
-    """
-    gc.collect()  # start-up's own garbage is not kept for good
-    gc.freeze()
-    # Young collections 30 times rarer than the default 700 allocations: a write's objects
-    # (request, command, events, future) then mostly die before one, rather than being promoted
-    # and walked again by the older collections that the ledger's cached aggregates make long.
-    # Measured on POST /v1/orders (bench p2): p99 from about 110 ms to 35-80 ms, and up to a
-    # fifth more orders per second.
-    gc.set_threshold(20_000, 20, 20)
-
-
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -206,10 +186,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         checks.append(database_check(read_pool))
         if app.state.run_workers:
             async with background_workers(app, settings, ledger, read_pool):
-                _tune_garbage_collection()
+                tune_garbage_collection()
                 yield
         else:
-            _tune_garbage_collection()
+            tune_garbage_collection()
             yield
     finally:
         await read_pool.close()
