@@ -32,11 +32,13 @@ from eventsourcing.persistence import IntegrityError
 from psycopg.conninfo import conninfo_to_dict
 
 from adapters.postgres import ledger_env
+from adapters.writer_process import WriterProcess
 from bench.common import (
     CHANNEL,
     WAREHOUSE,
     Check,
     Context,
+    CpuMeter,
     LoadResult,
     PartResult,
     closed_loop,
@@ -198,11 +200,12 @@ def with_costs(
 ) -> tuple[LoadResult, float, dict[str, int]]:
     """Runs ``load``; returns it with the process's CPU seconds and the writer's counters
     (batches, commands, conflicts, stale refusals) over it."""
-    before = dict(ledger.committer.stats)
+    before = ledger.writer_stats
     cpu = time.process_time()
     result = load()
     cpu = time.process_time() - cpu
-    return result, cpu, {name: ledger.committer.stats[name] - before[name] for name in before}
+    after = ledger.writer_stats
+    return result, cpu, {name: after.get(name, 0) - before.get(name, 0) for name in after}
 
 
 def loop_callers_load(
@@ -509,4 +512,40 @@ def run(ctx: Context) -> PartResult:
                     console.print(f"    {line}")
         finally:
             ledger.close()
+        writer_process_load(ctx, url, seconds, result)
     return result
+
+
+def writer_process_load(ctx: Context, url: str, seconds: float, result: PartResult) -> None:
+    """The check's load with the writes recorded by a writer process, as ``serve`` records them
+    (not the check: the service's own writer is a thread of the callers' process)."""
+    env = ledger_env(url, STOCKLEDGER_RESERVATION_TTL="0")
+    ledger = Ledger(env=env)
+    try:
+        writer = WriterProcess(env).start()
+        ledger.forward_writes(writer)
+        assert writer.pid is not None
+        meter = CpuMeter(writer=writer.pid)
+        forwarded, cpu, counters = with_costs(
+            ledger, lambda: service_load(ledger, seconds, ctx.run_id + "w")
+        )
+        writer_cpu = meter.stop()["writer_percent_of_one_core"] / 100 * forwarded.seconds
+    finally:
+        ledger.close()
+    orders = max(forwarded.operations, 1)
+    batch = counters.get("commands", 0) / max(counters.get("batches", 0), 1)
+    result.details["writer_process"] = {
+        "orders_per_second": forwarded.rate,
+        "orders": forwarded.operations,
+        "errors": forwarded.errors,
+        "latency_ms": summarize(forwarded.latencies, 1000),
+        "callers_cpu_us_per_order": 1e6 * cpu / orders,
+        "writer_cpu_us_per_order": 1e6 * writer_cpu / orders,
+        "commands_per_batch": batch,
+    }
+    result.notes.append(
+        f"the same load with a writer process (as serve records writes): {forwarded.rate:,.0f}/s, "
+        f"{1e6 * cpu / orders:,.0f} µs of the callers' process's CPU and "
+        f"{1e6 * writer_cpu / orders:,.0f} µs of the writer's an order, {batch:.1f} commands per "
+        f"batch, {forwarded.errors} errors (not the check)"
+    )
