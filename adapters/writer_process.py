@@ -34,11 +34,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ STOPPED = (
 _PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
 _running: weakref.WeakSet[WriterProcess] = weakref.WeakSet()
 
+# How often a stopping child looks again for the blocking writes it still holds.
+WAKE_CHECK_SECONDS = 0.05
 # A reply: (request id, whether it succeeded, the WriteResult or the error).
 Reply = tuple[int, bool, Any]
 
@@ -251,88 +254,127 @@ def serve_writes(connection: Connection) -> None:
         connection.send(("failed", _sendable(error)))
         return
     tune_garbage_collection()  # the writer's cached aggregates are many and long-lived
-    connection.send(("ready", None))
-    replies: queue.SimpleQueue[Reply | None] = queue.SimpleQueue()
-    sender = threading.Thread(
-        target=_send_replies, args=(connection, replies, ledger), name="ledger-writer-answers"
-    )
-    sender.start()
-    blocking = ThreadPoolExecutor(BLOCKING_WRITE_THREADS, thread_name_prefix="ledger-write")
     try:
-        while True:
-            try:
-                request = pickle.loads(connection.recv_bytes())
-            except (EOFError, OSError):
-                break  # the API process is gone
-            if request is None:
-                break  # asked to stop
-            request_id, method, args, kwargs = request
-            _run(ledger, blocking, replies, request_id, method, args, kwargs)
+        _Writes(ledger, connection).run()
     finally:
-        blocking.shutdown(wait=True)
-        ledger.close()  # its writer answers what it holds first
-        replies.put(None)
-        sender.join()
+        ledger.close()
 
 
-def _run(
-    ledger: Ledger,
-    blocking: ThreadPoolExecutor,
-    replies: queue.SimpleQueue[Reply | None],
-    request_id: int,
-    method: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    answer = partial(_answer, replies, request_id)
-    if method not in FORWARDABLE:
-        replies.put((request_id, False, LedgerUnavailable(f"{method} is not a write")))
-        return
-    if method == "submit_order":
-        # The busiest write hands its command to the writer without a thread of its own.
+class _Writes:
+    """The child's one busy thread: it reads the writes that came, runs them as one batch of
+    the ledger's group committer, and sends their answers in one message.
+
+    One thread rather than a reader, the committer's writer and a sender: handing every batch
+    from thread to thread cost a wait for the interpreter's lock at each hand-off, longer than
+    the work it let overlap. Writes other than an order's placement wait for their answer on a
+    thread of ``blocking``; their commands wake this thread through a pipe of its own.
+    """
+
+    def __init__(self, ledger: Ledger, connection: Connection) -> None:
+        self.ledger = ledger
+        self.committer = ledger.committer
+        self.connection = connection
+        self.replies: queue.SimpleQueue[Reply] = queue.SimpleQueue()
+        self.blocking = ThreadPoolExecutor(
+            BLOCKING_WRITE_THREADS, thread_name_prefix="ledger-write"
+        )
+        self.in_blocking: set[Future[Any]] = set()
+        self.wake_reader, self.wake_writer = os.pipe()
+        os.set_blocking(self.wake_reader, False)
+        os.set_blocking(self.wake_writer, False)
+        self.committer.drive(self._wake)
+        self.stopping = False
+
+    def run(self) -> None:
+        self.connection.send(("ready", None))
+        answered = 0  # commands the last batch answered: their callers may be about to return
         try:
-            future: Future[Any] = ledger.submit_order(*args, **kwargs)
-        except Exception as error:
-            replies.put((request_id, False, _sendable(error)))
+            while not (self.stopping and self._idle()):
+                self._take_requests(block=self.committer.waiting() == 0 and self.replies.empty())
+                if answered and not self.stopping and self.committer.linger > 0:
+                    self._linger_for(answered)
+                answered = self.committer.run_waiting()
+                self._send_replies()
+        finally:
+            # The wake-up pipe stays open: a write's thread may still wake this one, and the
+            # process ends soon after.
+            self.blocking.shutdown(wait=False)
+
+    def _idle(self) -> bool:
+        self.in_blocking = {future for future in self.in_blocking if not future.done()}
+        return not self.in_blocking and self.committer.waiting() == 0 and self.replies.empty()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
+            os.write(self.wake_writer, b"\0")
+
+    def _take_requests(self, *, block: bool) -> None:
+        """Reads every request that has come (waiting for one, or a wake-up, when ``block``)."""
+        sources: list[Any] = (
+            [self.wake_reader] if self.stopping else [self.connection, self.wake_reader]
+        )
+        timeout = (WAKE_CHECK_SECONDS if self.stopping else None) if block else 0
+        ready = wait(sources, timeout)
+        if self.wake_reader in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_reader, 4096)
+        while not self.stopping and self.connection.poll():
+            self._take_request()
+
+    def _linger_for(self, answered: int) -> None:
+        """Waits up to the committer's linger for the callers the last batch answered, as its
+        writer thread would: each batch costs a transaction."""
+        deadline = time.monotonic() + self.committer.linger
+        while not self.stopping and self.committer.waiting() < answered:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.connection.poll(remaining):
+                return
+            self._take_request()
+
+    def _take_request(self) -> None:
+        try:
+            request = pickle.loads(self.connection.recv_bytes())
+        except (EOFError, OSError):
+            self.stopping = True  # the API process is gone
             return
-    else:
-        future = blocking.submit(getattr(ledger, method), *args, **kwargs)
-    future.add_done_callback(answer)
+        if request is None:
+            self.stopping = True  # asked to stop: answer what is held, then go
+            return
+        request_id, method, args, kwargs = request
+        answer = partial(_answer, self.replies, request_id)
+        if method not in FORWARDABLE:
+            self.replies.put((request_id, False, LedgerUnavailable(f"{method} is not a write")))
+        elif method == "submit_order":
+            # The busiest write: its command goes straight to the committer.
+            try:
+                self.ledger.submit_order(*args, **kwargs).add_done_callback(answer)
+            except Exception as error:
+                self.replies.put((request_id, False, _sendable(error)))
+        else:
+            future = self.blocking.submit(getattr(self.ledger, method), *args, **kwargs)
+            self.in_blocking.add(future)
+            future.add_done_callback(answer)
+            future.add_done_callback(lambda _: self._wake())
+
+    def _send_replies(self) -> None:
+        batch: list[Reply] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                batch.append(self.replies.get_nowait())
+        if not batch:
+            return
+        try:
+            self.connection.send_bytes(_encode((batch, self.ledger.writer_stats)))
+        except (OSError, ValueError):
+            self.stopping = True  # the API process is gone: nobody is waiting for these
 
 
-def _answer(replies: queue.SimpleQueue[Reply | None], request_id: int, future: Future[Any]) -> None:
+def _answer(replies: queue.SimpleQueue[Reply], request_id: int, future: Future[Any]) -> None:
     error = future.exception()
     if error is None:
         replies.put((request_id, True, future.result()))
     else:
         replies.put((request_id, False, _sendable(error)))
-
-
-def _send_replies(
-    connection: Connection, replies: queue.SimpleQueue[Reply | None], ledger: Ledger
-) -> None:
-    """Sends the answers as they come, all those waiting in one message."""
-    while True:
-        first = replies.get()
-        if first is None:
-            return
-        batch = [first]
-        stopping = False
-        while True:
-            try:
-                reply = replies.get_nowait()
-            except queue.Empty:
-                break
-            if reply is None:
-                stopping = True
-                break
-            batch.append(reply)
-        try:
-            connection.send_bytes(_encode((batch, ledger.writer_stats)))
-        except (OSError, ValueError):
-            return  # the API process is gone: nobody is waiting for these
-        if stopping:
-            return
 
 
 def _encode(message: object) -> bytes:

@@ -250,12 +250,14 @@ class GroupCommitter:
         self._max_attempts = max_attempts
         self._optimistic_attempts = optimistic_attempts
         self._unreachable_pause = unreachable_pause
-        self._linger = linger
+        self.linger = linger
         self._unreachable_until = 0.0
         self._queue: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._started = False
         self._start_lock = threading.Lock()
+        self._driver: int | None = None  # the thread running batches, when driven (see drive)
+        self._wake: Callable[[], None] | None = None
         self._last_touched: list[UUID] = []
         self.stats = {"batches": 0, "commands": 0, "conflicts": 0, "stale_refusals": 0}
 
@@ -267,12 +269,39 @@ class GroupCommitter:
                     self._thread.start()
                     self._started = True
         self._queue.put(command)
+        if self._wake is not None and threading.get_ident() != self._driver:
+            self._wake()
         return command.future
 
     def close(self) -> None:
-        if self._started:
+        if self._started and self._driver is None:
             self._queue.put(None)
             self._thread.join(timeout=10)
+
+    # --- driven by a thread of the caller's ---------------------------------------------------
+    def drive(self, wake: Callable[[], None]) -> None:
+        """Runs the batches on the calling thread from now on (``run_waiting``), never on a
+        writer thread: for a process whose one busy thread both takes commands and records them,
+        where handing each batch to another thread and back costs more than it overlaps.
+        ``wake`` is called when another thread submits a command, to get this one to run it."""
+        with self._start_lock:
+            if self._started:
+                raise RuntimeError("the writer thread is already running")
+            self._started = True
+            self._driver = threading.get_ident()
+            self._wake = wake
+
+    def waiting(self) -> int:
+        """How many commands wait for a batch."""
+        return self._queue.qsize()
+
+    def run_waiting(self) -> int:
+        """Runs the commands waiting, up to a batch's limit, as one batch; returns how many."""
+        batch: list[Command] = []
+        self._take_more(batch, self._max_batch)
+        if batch:
+            self._process(batch)
+        return len(batch)
 
     def forget(self, aggregate_ids: Iterable[UUID]) -> None:
         """Drops cached aggregates (tests and tools that write behind the service's back)."""
@@ -330,9 +359,9 @@ class GroupCommitter:
             going_on = self._take_more(batch, self._max_batch)
             # The callers just answered are likely back within moments: a short wait lets their
             # commands share this batch's transaction instead of needing their own.
-            if going_on and concurrent and self._linger > 0:
+            if going_on and concurrent and self.linger > 0:
                 expected = min(len(batch) + answered, self._max_batch)
-                going_on = self._take_more(batch, expected, time.monotonic() + self._linger)
+                going_on = self._take_more(batch, expected, time.monotonic() + self.linger)
             self._process(batch)
             if not going_on:
                 return

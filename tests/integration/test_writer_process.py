@@ -151,3 +151,27 @@ def test_closing_the_ledger_stops_its_writer_process(ledger_url: str) -> None:
         os.kill(pid, 0)
     with pytest.raises(LedgerUnavailable):
         ledger.receive("SKU-1", "WH", 1)
+
+
+def test_concurrent_receipts_and_orders_through_the_writer_process_are_all_recorded(
+    forwarding: Ledger,
+) -> None:
+    # Receipts wait on threads of the writer process; orders go straight to its committer.
+    def receive(n: int) -> None:
+        forwarding.receive("SKU-2", "WH", 1, reference=f"receipt-{n}")
+
+    def place(n: int) -> None:
+        forwarding.place_order("shopify", f"mixed-{n}", [OrderLine("1", "SKU-3", 1)])
+
+    forwarding.receive("SKU-3", "WH", 20)
+    callers = [threading.Thread(target=receive, args=(n,)) for n in range(20)]
+    callers += [threading.Thread(target=place, args=(n,)) for n in range(20)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+
+    received = forwarding.get_position("SKU-2", "WH")
+    reserved = forwarding.get_position("SKU-3", "WH")
+    assert received is not None and received.on_hand == 20
+    assert reserved is not None and reserved.reserved == 20
