@@ -117,3 +117,46 @@ def _wait_for_queued(ledger: Ledger, commands: int) -> None:
 def test_a_linger_that_is_not_a_usable_number_is_refused_naming_the_setting(value: str) -> None:
     with pytest.raises(ValidationFailed, match=Ledger.BATCH_LINGER):
         Ledger(env={**MEMORY_ENV, Ledger.BATCH_LINGER: value})
+
+
+def test_a_driven_committer_runs_what_waits_as_one_batch_on_the_calling_thread() -> None:
+    ledger = Ledger(env=MEMORY_ENV)
+    woken: list[int] = []
+    ledger.committer.drive(lambda: woken.append(threading.get_ident()))
+    try:
+        # Blocking writes from another thread wait for this one to run them.
+        setup = threading.Thread(
+            target=lambda: (register_standard_locations(ledger), ledger.receive(SKU, "WH-A", 10))
+        )
+        setup.start()
+        while setup.is_alive():
+            ledger.committer.run_waiting()
+            time.sleep(0.001)
+        assert set(woken) == {setup.ident}
+        woken.clear()
+        placed = [
+            ledger.submit_order("shopify", f"driven-{number}", [OrderLine("1", SKU, 1)])
+            for number in range(3)
+        ]
+        assert ledger.committer.waiting() == 3 and not any(f.done() for f in placed)
+
+        assert ledger.committer.run_waiting() == 3
+
+        assert [future.result(timeout=0).body["status"] for future in placed] == ["reserved"] * 3
+        assert woken == []  # submitted on the driving thread itself: nothing to wake
+        other = threading.Thread(
+            target=ledger.submit_order,
+            args=("shopify", "from-elsewhere", [OrderLine("1", SKU, 1)]),
+        )
+        other.start()
+        other.join()
+        assert woken == [other.ident]
+        assert ledger.committer.run_waiting() == 1
+        assert ledger.committer.run_waiting() == 0
+    finally:
+        ledger.close()
+
+
+def test_a_committer_whose_writer_thread_runs_cannot_be_driven(lingering: Ledger) -> None:
+    with pytest.raises(RuntimeError, match="already running"):
+        lingering.committer.drive(lambda: None)
