@@ -8,10 +8,10 @@ p2's load the loop held the interpreter 65% of the time and the writer 35%.
 Here a child process runs a ledger of its own, and the API process's ledger forwards its write
 commands to it (``Ledger.forward_writes``): each by its method's name and arguments over a pipe,
 answered by the ``WriteResult`` or the error the child's ledger gave. The child's group committer
-batches them exactly as it would in one process, so every guarantee of a write (one
-transaction per batch, idempotency keys, no overselling) is the child ledger's own. Reads stay
-in the API process: they read the database, which a write's commit has reached before its
-answer is sent.
+batches them as its writer thread would, so every guarantee of a write (one transaction per
+batch, idempotency keys, no overselling) is the child ledger's own; in the child, one thread
+reads the requests, runs the batches and sends the answers (``_Writes``). Reads stay in the API
+process: they read the database, which a write's commit has reached before its answer is sent.
 
 If the child stops, the commands it held are answered ``LedgerUnavailable`` (they may have been
 recorded: a retry with the same idempotency key answers either way) and the next write starts a
@@ -112,9 +112,10 @@ class WriterProcess:
                 raise LedgerUnavailable("the ledger is closed")
             child = self._child or self._restart()
             request_id = next(self._ids)
+            request = _encode((request_id, method, args, kwargs))
             child.pending[request_id] = future
             try:
-                child.connection.send_bytes(_encode((request_id, method, args, kwargs)))
+                child.connection.send_bytes(request)
             except (OSError, ValueError):
                 child.pending.pop(request_id, None)
                 raise LedgerUnavailable(STOPPED) from None
