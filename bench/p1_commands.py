@@ -512,18 +512,22 @@ def run(ctx: Context) -> PartResult:
                     console.print(f"    {line}")
         finally:
             ledger.close()
+    with ctx.database("p1_writer_process") as url:
         writer_process_load(ctx, url, seconds, result)
     return result
 
 
 def writer_process_load(ctx: Context, url: str, seconds: float, result: PartResult) -> None:
     """The check's load with the writes recorded by a writer process, as ``serve`` records them
-    (not the check: the service's own writer is a thread of the callers' process)."""
+    (not the check: the service's own writer is a thread of the callers' process). On a
+    database of its own, its catalog made through the writer process, so that it starts with
+    the same aggregates loaded as the check's writer."""
     env = ledger_env(url, STOCKLEDGER_RESERVATION_TTL="0")
     ledger = Ledger(env=env)
     try:
         writer = WriterProcess(env).start()
         ledger.forward_writes(writer)
+        setup_catalog(ledger, SKUS)
         assert writer.pid is not None
         meter = CpuMeter(writer=writer.pid)
         forwarded, cpu, counters = with_costs(
