@@ -279,7 +279,9 @@ class _Writes:
         self.blocking = ThreadPoolExecutor(
             BLOCKING_WRITE_THREADS, thread_name_prefix="ledger-write"
         )
-        self.in_blocking: set[Future[Any]] = set()
+        # Blocking writes not yet answered; counted down by their threads.
+        self.in_blocking = 0
+        self.in_blocking_lock = threading.Lock()
         self.wake_reader, self.wake_writer = os.pipe()
         os.set_blocking(self.wake_reader, False)
         os.set_blocking(self.wake_writer, False)
@@ -302,8 +304,9 @@ class _Writes:
             self.blocking.shutdown(wait=False)
 
     def _idle(self) -> bool:
-        self.in_blocking = {future for future in self.in_blocking if not future.done()}
-        return not self.in_blocking and self.committer.waiting() == 0 and self.replies.empty()
+        with self.in_blocking_lock:
+            blocking = self.in_blocking
+        return not blocking and self.committer.waiting() == 0 and self.replies.empty()
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
@@ -352,10 +355,16 @@ class _Writes:
             except Exception as error:
                 self.replies.put((request_id, False, _sendable(error)))
         else:
+            with self.in_blocking_lock:
+                self.in_blocking += 1
             future = self.blocking.submit(getattr(self.ledger, method), *args, **kwargs)
-            self.in_blocking.add(future)
             future.add_done_callback(answer)
-            future.add_done_callback(lambda _: self._wake())
+            future.add_done_callback(self._blocking_answered)
+
+    def _blocking_answered(self, _: Future[Any]) -> None:
+        with self.in_blocking_lock:
+            self.in_blocking -= 1
+        self._wake()  # to send its answer
 
     def _send_replies(self) -> None:
         batch: list[Reply] = []
