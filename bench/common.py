@@ -579,7 +579,19 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def _process_cpu_seconds(pid: int) -> float:
+def postgres_server_pid(database_url: str) -> int | None:
+    """The PostgreSQL server's main process when it runs on this machine (its backends and
+    helpers are its children), else None."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        try:
+            stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
+        except OSError:
+            return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the backend's parent
+
+
+def process_cpu_seconds(pid: int) -> float:
     """CPU seconds used by ``pid`` and its live descendants."""
     total = 0.0
     for member in process_tree(pid):
@@ -608,14 +620,14 @@ class CpuMeter:
     def __init__(self, **pids: int) -> None:
         self.pids = pids
         self.began = time.perf_counter()
-        self.start = {name: _process_cpu_seconds(pid) for name, pid in pids.items()}
+        self.start = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
         self.machine = _machine_cpu()
 
     def stop(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.began, 1e-9)
         found = {
             f"{name}_percent_of_one_core": 100.0
-            * (_process_cpu_seconds(pid) - self.start[name])
+            * (process_cpu_seconds(pid) - self.start[name])
             / elapsed
             for name, pid in self.pids.items()
         }

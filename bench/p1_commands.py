@@ -20,6 +20,8 @@ much of an order's cost is its blocking callers' (threads handing the GIL back a
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import random
 import threading
 import time
@@ -43,6 +45,8 @@ from bench.common import (
     PartResult,
     closed_loop,
     console,
+    postgres_server_pid,
+    process_cpu_seconds,
     setup_catalog,
     sku_name,
     summarize,
@@ -305,12 +309,17 @@ def timeline(ledger: Ledger, seconds: float, run_id: str) -> dict[str, float]:
 
 
 def writer_alone(
-    ledger: Ledger, run_id: str, orders: int = 2000, batch: int = 8
+    ledger: Ledger,
+    run_id: str,
+    orders: int = 2000,
+    batch: int = 8,
+    postgres_pid: int | None = None,
 ) -> dict[str, float]:
     """A command's cost with nothing else running: one thread makes ``orders`` place-order
     commands (the service's checks, as a caller would), then hands them to the writer's batch
     processing itself, ``batch`` at a time: no queue, no callers, no GIL to share. Figures in
-    µs per order, the recording call's in ms per batch."""
+    µs per order, the recording call's in ms per batch; with ``postgres_pid`` (the server's
+    main process), the CPU of all the server's processes while the batches were written."""
     committer, recorder = ledger.committer, ledger.committer._recorder
     commands: list[Any] = []
     recording = {"wall": 0.0, "cpu": 0.0, "calls": 0}
@@ -332,6 +341,11 @@ def writer_alone(
     rng = random.Random(7)
     committer.submit = capture  # type: ignore[method-assign]
     recorder.insert_events_with_keys = timed_insert  # type: ignore[method-assign, assignment]
+    # What the process holds already (the benchmark's earlier loads, the cached aggregates) out
+    # of the collector's reach meanwhile, as `serve` puts its own: a full collection walking
+    # it all landed in the making now and then and tripled its figure.
+    gc.collect()
+    gc.freeze()
     try:
         made = time.process_time()
         for n in range(orders):
@@ -339,14 +353,17 @@ def writer_alone(
             ledger.submit_order(CHANNEL, external, lines, context=context)
         made = time.process_time() - made
         wall, cpu = time.perf_counter(), time.process_time()
+        server = process_cpu_seconds(postgres_pid) if postgres_pid else 0.0
         for start in range(0, orders, batch):
             committer._process(commands[start : start + batch])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        server = process_cpu_seconds(postgres_pid) - server if postgres_pid else 0.0
     finally:
+        gc.unfreeze()
         del committer.submit, recorder.insert_events_with_keys
     failed = sum(1 for command in commands if command.future.exception() is not None)
     calls = recording["calls"] or 1
-    return {
+    figures = {
         "batch": batch,
         "orders": orders,
         "failed": failed,
@@ -357,6 +374,35 @@ def writer_alone(
         "recording_cpu_ms": 1000 * recording["cpu"] / calls,
         "orders_per_second": orders / wall,
     }
+    if postgres_pid:
+        figures["postgres_cpu_us"] = 1e6 * server / orders
+    return figures
+
+
+def cpu_ceilings(alone: dict[str, float]) -> dict[str, float]:
+    """The most orders a second that the CPU of "a command alone" leaves room for, however well
+    the work overlapped: the service's part runs under its one interpreter lock (the callers
+    are its threads), and all of it, PostgreSQL's included, on the machine's cores."""
+    service = alone["make_us"] + alone["write_cpu_us"]
+    ceilings = {"service_cpu_us": service, "interpreter_orders_per_second": 1e6 / service}
+    if "postgres_cpu_us" in alone:
+        every_process = service + alone["postgres_cpu_us"]
+        ceilings["every_process_cpu_us"] = every_process
+        ceilings["machine_orders_per_second"] = (os.cpu_count() or 1) * 1e6 / every_process
+    return ceilings
+
+
+def describe_ceilings(ceilings: dict[str, float], target_rate: float) -> str:
+    text = (
+        f"CPU ceilings: the service's {ceilings['service_cpu_us']:.0f} µs an order under one "
+        f"interpreter lock allow at most {ceilings['interpreter_orders_per_second']:,.0f}/s"
+    )
+    if "machine_orders_per_second" in ceilings:
+        text += (
+            f"; with PostgreSQL's, {ceilings['every_process_cpu_us']:.0f} µs on "
+            f"{os.cpu_count()} cores, at most {ceilings['machine_orders_per_second']:,.0f}/s"
+        )
+    return f"{text}; the target is {target_rate:,.0f}/s"
 
 
 def run(ctx: Context) -> PartResult:
@@ -465,7 +511,7 @@ def run(ctx: Context) -> PartResult:
                 "(not the check: its callers are threads)"
             )
             if not result.passed and ctx.profile:
-                alone = writer_alone(ledger, ctx.run_id)
+                alone = writer_alone(ledger, ctx.run_id, postgres_pid=postgres_server_pid(url))
                 result.details["writer_alone"] = alone
                 console.print(
                     f"  a command alone (one thread, batches of {alone['batch']:.0f}): made in "
@@ -474,6 +520,9 @@ def run(ctx: Context) -> PartResult:
                     f"{alone['recording_wall_ms']:.2f} ms ({alone['recording_cpu_ms']:.2f} ms of "
                     f"it CPU): {alone['orders_per_second']:,.0f} orders/s from one thread"
                 )
+                ceilings = cpu_ceilings(alone)
+                result.details["cpu_ceilings"] = ceilings
+                console.print(f"  {describe_ceilings(ceilings, RAW_TARGET * raw.rate)}")
                 steps = timeline(ledger, ctx.seconds(8, 3), ctx.run_id + "t")
                 result.details["timeline_ms"] = steps
                 console.print(
