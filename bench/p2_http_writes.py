@@ -9,13 +9,24 @@ Rates count 2xx answers only. Target: >= 0.3x the trivial endpoint's requests/s.
 
 from __future__ import annotations
 
-from bench.common import Check, Context, CpuMeter, PartResult, console, prepare_catalog
+import os
+
+from bench.common import (
+    Check,
+    Context,
+    CpuMeter,
+    PartResult,
+    console,
+    postgres_server_pid,
+    prepare_catalog,
+)
 from bench.profiling import print_profile, sampling
 from bench.servers import TRIVIAL_PATH, running_server
 from bench.wrk import HttpResult, have_wrk, run_load
 
 TITLE = "POST /v1/orders over HTTP (32 connections) vs a trivial endpoint"
 CONNECTIONS = 32
+TARGET = 0.3
 SKUS = 1000
 
 
@@ -44,6 +55,23 @@ def trivial_baseline(ctx: Context, database_url: str, seconds: float) -> HttpRes
         return result
 
 
+def cpu_budget(orders: HttpResult, trivial: HttpResult) -> dict[str, float]:
+    """The CPU an order took in the server's processes and PostgreSQL's, and the cores that
+    would take at the target rate (empty when PostgreSQL's processes were not measured)."""
+    cpu = orders.raw["cpu"]
+    if "postgres_percent_of_one_core" not in cpu or not orders.rate:
+        return {}
+    server_us = 1e4 * cpu["server_percent_of_one_core"] / orders.rate
+    postgres_us = 1e4 * cpu["postgres_percent_of_one_core"] / orders.rate
+    target_rate = TARGET * trivial.rate
+    return {
+        "server_us": server_us,
+        "postgres_us": postgres_us,
+        "target_rate": target_rate,
+        "cores_at_target": target_rate * (server_us + postgres_us) / 1e6,
+    }
+
+
 def run(ctx: Context) -> PartResult:
     result = PartResult("p2", TITLE)
     seconds = ctx.seconds(15, 4)
@@ -55,7 +83,8 @@ def run(ctx: Context) -> PartResult:
         )
         with running_server(ctx, url, kind="product", api_only=True, label="api") as server:
             load(ctx, server.base_url, "orders", ctx.seconds(3, 1), "warmup")
-            meter = CpuMeter(server=server.pid)
+            postgres = postgres_server_pid(url)
+            meter = CpuMeter(server=server.pid, **({"postgres": postgres} if postgres else {}))
             orders = load(ctx, server.base_url, "orders", seconds, "measure")
             orders.raw["cpu"] = meter.stop()
             console.print(
@@ -68,7 +97,7 @@ def run(ctx: Context) -> PartResult:
                     "POST /v1/orders 2xx/s vs trivial GET",
                     orders.rate,
                     trivial.rate,
-                    0.3,
+                    TARGET,
                     "req/s",
                     "trivial GET, same server config",
                 )
@@ -101,6 +130,15 @@ def run(ctx: Context) -> PartResult:
         f"of a core, machine {orders.raw['cpu'].get('machine_busy_percent', 0):.0f}% busy "
         f"(trivial: server {trivial.raw['cpu'].get('server_percent_of_one_core', 0):.0f}%)"
     )
+    budget = cpu_budget(orders, trivial)
+    if budget:
+        result.details["cpu_budget"] = budget
+        result.notes.append(
+            f"CPU an order: the server (API and writer processes) {budget['server_us']:.0f} µs, "
+            f"PostgreSQL {budget['postgres_us']:.0f} µs; at the target "
+            f"({budget['target_rate']:,.0f}/s) they alone would keep "
+            f"{budget['cores_at_target']:.2f} of the machine's {os.cpu_count()} cores busy"
+        )
     result.notes.append(
         f"latency p50/p99: orders {orders.latency_ms['p50']:.1f}/"
         f"{orders.latency_ms['p99']:.1f} ms, "
