@@ -324,7 +324,7 @@ def writer_alone(
 
     With ``freeze_heap``, what the process holds already (the benchmark's earlier loads, the
     cached aggregates) is out of the collector's reach meanwhile, as `serve` puts its own: a
-    full collection walking it all landed in the making now and then and tripled its figure.
+    full collection walking it all landed in the making now and then and multiplied its figure.
     (The instruction counts leave it, so that they count the same collections as before.)"""
     committer, recorder = ledger.committer, ledger.committer._recorder
     commands: list[Any] = []
